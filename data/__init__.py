@@ -1,0 +1,1 @@
+"""Data: leave-one-out split, synthetic world and semantic IDs."""
