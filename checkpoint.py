@@ -7,6 +7,8 @@ leaves the previous checkpoint intact.
 
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+class StopRequest:
+    """Turn Ctrl-C (SIGINT) into a flag that a training loop checks between steps.
+
+    The loop then saves its checkpoint at a step boundary, so the file never holds a half-applied
+    update. A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread, where signal
+    handlers cannot be installed, Ctrl-C keeps its default behaviour.
+    """
+
+    def __enter__(self) -> "StopRequest":
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

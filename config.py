@@ -6,6 +6,7 @@ in the run folder and in every checkpoint.
 """
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ class Config:
     seed: int = 0
     out_dir: str = "runs/small"
     device: str = "auto"            # auto | cpu | cuda
+    threads: int = 1                # torch CPU threads; 0 = torch's default (all cores)
     data: DataConfig = field(default_factory=DataConfig)
     world: SyntheticConfig = field(default_factory=SyntheticConfig)
     sid: SidConfig = field(default_factory=SidConfig)
@@ -164,6 +166,11 @@ def _convert(value, kind, key: str):
             raise ConfigError(f"{key}={value!r}: expected an integer")
         return value
     if kind is float:
+        if isinstance(value, str):              # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r}: expected a number")
         return float(value)
@@ -235,7 +242,10 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
         nested = value
         for name in reversed(keys):
             nested = {name: nested}
-        _fill(cfg, nested, "")
+        try:
+            _fill(cfg, nested, "")
+        except ConfigError as err:
+            raise ConfigError(f"override {text!r}: {err}") from None
     validate(cfg)
     return cfg
 
@@ -271,7 +281,7 @@ def validate(cfg: Config) -> None:
     non_negative = ["sft.epochs", "sft.weight_decay", "sft.warmup_steps", "sft.grad_clip", "sft.eval_users",
                     "ranker.weight_decay", "ranker.exposure_bias", "corruption.noise_std",
                     "rl.lambda", "rl.steps", "rl.grad_clip", "rl.clip_eps", "rl.kl_beta"]
-    for key in non_negative:
+    for key in non_negative + ["threads"]:
         _require(flat[key] >= 0, key, flat[key], "must be >= 0")
     for key in ["corruption.rate", "gate.random_rate"]:
         _require(0.0 <= flat[key] <= 1.0, key, flat[key], "must be in [0, 1]")
@@ -282,6 +292,20 @@ def validate(cfg: Config) -> None:
              "must be >= 2 (group-relative advantages need at least two rollouts)")
     _require(flat["eval.beam_size"] >= 10, "eval.beam_size", flat["eval.beam_size"],
              "must be >= 10, because HR@10 and NDCG@10 are read from the top 10 beams")
+    for key in ["seed", "corruption.seed", "world.seed"]:
+        _require(0 <= flat[key] < 2**32, key, flat[key], "must be in [0, 2^32)")
+    _require(flat["model.d_model"] % max(flat["model.n_head"], 1) == 0 and flat["model.n_head"] > 0,
+             "model.d_model", flat["model.d_model"], f"must be a multiple of model.n_head={flat['model.n_head']}")
+    _require(flat["model.n_layer"] > 0, "model.n_layer", flat["model.n_layer"], "must be > 0")
+    _require(0.0 <= flat["model.dropout"] < 1.0, "model.dropout", flat["model.dropout"], "must be in [0, 1)")
+    _require(flat["model.max_history"] >= flat["data.max_history"], "model.max_history",
+             flat["model.max_history"], f"must be >= data.max_history={flat['data.max_history']}, because the "
+             "position table must fit the longest history")
+    try:
+        cfg.world.validate()
+    except ValueError as err:
+        raise ConfigError(re.sub(r"invalid (\w+)", r"invalid world.\1", str(err), count=1)) from None
+
     if flat["data.source"] != "synthetic":
         path = flat["data.path"]
         _require(bool(path) and Path(path).is_file(), "data.path", path,

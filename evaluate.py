@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import pickle
 import sys
 
 import numpy as np
@@ -136,17 +137,27 @@ def main(argv=None) -> int:
     parser.add_argument("--predictions", help="write each user's ranked list to this JSON-lines file")
     parser.add_argument("--constrained", action="store_true",
                         help="decode with the prefix trie, so only SIDs of real items are generated")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto, cpu or cuda (default: auto)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     try:
+        device = pick_device(args.device)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        # torch.load raises RuntimeError for a truncated file, UnpicklingError for a file of another kind.
         state = load_checkpoint(args.checkpoint)
         cfg = config_from_dict(state["config"])
-    except (OSError, KeyError, ConfigError) as err:
+    except (OSError, KeyError, ConfigError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         print(f"error: cannot read checkpoint {args.checkpoint!r}: {err}", file=sys.stderr)
         return 2
-    device = pick_device(args.device)
+    if "policy" not in state:
+        print(f"error: checkpoint {args.checkpoint!r} holds no policy weights; pass sft_best.pt or a "
+              f"<method>_best.pt or <method>_final.pt file of a run", file=sys.stderr)
+        return 2
     run = build_run_data(cfg)
     policy = Policy(cfg.model, run.sids.vocab_size, run.sids.offsets, run.sids.level_sizes).to(device)
     policy.load_state_dict(state["policy"])

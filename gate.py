@@ -85,13 +85,13 @@ def reward_discriminability(view: GroupView, kind: str, threshold: float
     return passes & has_neg, value, auc
 
 
-def gate_weights(method: str, cfg, view: GroupView, users: np.ndarray, step: int
+def gate_weights(method: str, cfg, view: GroupView, context_keys: np.ndarray, step: int
                  ) -> tuple[torch.Tensor, dict]:
     """Per-sample weight g_i of the GRPO term and the gate's statistics for logging.
 
     grpo: g = 1 for all. adagrpo: g = policy pass AND reward pass (graded: policy pass x AUC).
-    random: g ~ Bernoulli(gate.random_rate) from a seeded hash of (user, step), a control that
-    admits a matched share of samples with no information.
+    random: g ~ Bernoulli(gate.random_rate) from a seeded hash of (context key, step), a control that
+    admits a matched share of samples with no information. context_keys: (B,) integers, one per context.
     """
     policy_pass, policy_value = policy_difficulty(view, cfg.policy, cfg.policy_threshold)
     reward_pass, reward_value, auc = reward_discriminability(view, cfg.reward, cfg.reward_threshold)
@@ -101,7 +101,7 @@ def gate_weights(method: str, cfg, view: GroupView, users: np.ndarray, step: int
     elif method == "adagrpo":
         weights = policy_pass.float() * (auc if cfg.graded else reward_pass.float())
     elif method == "random":
-        draws = hash_uniform(987_654_321, users, np.full(len(users), step))
+        draws = hash_uniform(987_654_321, context_keys, np.full(len(context_keys), step))
         weights = torch.from_numpy(draws < cfg.random_rate).float()
     else:
         raise ValueError(f"rl.method={method!r} has no gate; use adagrpo, grpo or random")

@@ -8,6 +8,11 @@ Uniform GRPO is the same loss with g_i = 1 for every sample.
 
 import torch
 
+# Log-ratios are clamped at this value before exp (ratio <= e^20, about 4.9e8). A rollout whose
+# log-prob moved further gets a finite term with zero gradient instead of inf, so inf * 0 cannot
+# put NaN into the gradient of a sample that the gate turned off.
+LOG_RATIO_MAX = 20.0
+
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """A = (r - mean) / (std + eps) within each group, with the population std (divide by G).
@@ -30,9 +35,10 @@ def grpo_term(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     frozen reference policy; advantages: (B, G), shared by every token of a rollout.
     surrogate = min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) with ratio = exp(logp - old_logp);
     k3 KL = exp(ref - logp) - (ref - logp) - 1, a non-negative, unbiased estimate of KL(policy || ref).
+    Both log-ratios are clamped at LOG_RATIO_MAX before exp.
     Returns the (B,) loss averaged over tokens and rollouts, and detached statistics.
     """
-    ratio = torch.exp(logp - old_logp)                                     # (B, G, L)
+    ratio = torch.exp((logp - old_logp).clamp(max=LOG_RATIO_MAX))          # (B, G, L)
     adv = advantages.unsqueeze(-1)                                         # (B, G, 1)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
@@ -40,7 +46,7 @@ def grpo_term(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 
     kl = torch.zeros_like(per_token)
     if ref_logp is not None and kl_beta > 0:
-        log_ratio = ref_logp - logp
+        log_ratio = (ref_logp - logp).clamp(max=LOG_RATIO_MAX)
         kl = torch.exp(log_ratio) - log_ratio - 1.0
         per_token = per_token + kl_beta * kl
 

@@ -1,7 +1,7 @@
 """The RL stage: GRPO or AdaGRPO from the SFT policy, with rewards from a (possibly corrupted) ranker.
 
-One step, for a batch of training contexts (a user's training prefix without its last item; that item
-is the ground truth):
+One step, for a batch of training contexts (a user's training prefix up to some position; the next
+item is the ground truth):
   1. rollouts: the top-G beams (default) or G samples at a temperature, from the current policy;
   2. rewards: ranker scores of the rollout items, shaped; invalid or already-seen items get the group's
      lowest valid reward (or a fixed penalty), so they cannot dominate the group normalisation;
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint, rng_state, save_checkpoint
+from checkpoint import StopRequest, load_checkpoint, rng_state, save_checkpoint
 from config import Config, to_dict
 from data.build import RunData
 from evaluate import evaluate_split
@@ -86,8 +86,9 @@ def first_occurrence(sids: torch.Tensor) -> torch.Tensor:
 
 
 def rl_contexts(run: RunData) -> list[tuple[int, list[int], int]]:
-    """(user, history, target) per user with a training item: history = prefix[:-1], target = prefix[-1]."""
-    return [(u, items[:-1], items[-1]) for u, items in enumerate(run.split.train) if items]
+    """(user, history, target) for every next item of every training prefix that has a history:
+    history = prefix[:t], target = prefix[t] for t >= 1, the same targets as SFT."""
+    return [(u, items[:t], items[t]) for u, items in enumerate(run.split.train) for t in range(1, len(items))]
 
 
 def rl_step(cfg: Config, run: RunData, policy: Policy, reference: Policy | None, reward: RewardModel,
@@ -140,7 +141,7 @@ def rl_step(cfg: Config, run: RunData, policy: Policy, reference: Policy | None,
                      old_logp.sum(-1).cpu(), target_logp.cpu(),
                      torch.as_tensor(scores, dtype=torch.float32),
                      torch.as_tensor(target_scores[:, 0], dtype=torch.float32))
-    weights, gate_stats = gate_weights(c.method, cfg.gate, view, users, step)
+    weights, gate_stats = gate_weights(c.method, cfg.gate, view, users * 1_000_003 + positions, step)
     weights = weights.to(device)
 
     # 5. updates: NLL on the ground truth for every sample, the gated GRPO term on the rollouts
@@ -227,8 +228,11 @@ def train_rl(cfg: Config, run: RunData, policy: Policy, out: Path, metrics: Metr
         validate()                                                     # the SFT starting point competes
     n_batches = max(1, len(contexts) // c.batch_size)
     started = time.time()
-    try:
+    with StopRequest() as stop:
         while step < c.steps:
+            if stop.requested:
+                save_last()
+                raise KeyboardInterrupt
             epoch, index = divmod(step, n_batches)
             order = np.random.default_rng([cfg.seed, 7919, epoch]).permutation(len(contexts))
             batch = [contexts[i] for i in order[index * c.batch_size:(index + 1) * c.batch_size]]
@@ -243,9 +247,6 @@ def train_rl(cfg: Config, run: RunData, policy: Policy, out: Path, metrics: Metr
                          c.steps, record["reward/mean"], record["gate/admission_rate"], record["nll"],
                          valid["hr@10"])
                 save_last()
-    except KeyboardInterrupt:
-        save_last()
-        raise
     save_checkpoint(out / f"{c.method}_final.pt", {"stage": "rl", "policy": policy.state_dict(), "step": step,
                                                    "config": to_dict(cfg)})
     return {"best_step": best_step, "final_step": step,

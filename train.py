@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything
+from checkpoint import StopRequest, load_checkpoint, rng_state, save_checkpoint, seed_everything
 from config import Config, ConfigError, load_config, to_dict
 from data.build import RunData, build_run_data
 from data.public import DataError
@@ -49,8 +49,10 @@ class MetricsLog:
         self.path = path
 
     def write(self, record: dict) -> None:
+        """Append `record`; NaN and infinite floats are written as null so the file stays strict JSON."""
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(record) + "\n")
+            out.write(json.dumps(clean) + "\n")
 
 
 def check_finite(value: torch.Tensor, what: str, stage: str, step: int) -> None:
@@ -125,8 +127,11 @@ def train_sft(cfg: Config, run: RunData, policy: Policy, out: Path, metrics: Met
 
     log.info("SFT: %d windows, %d steps per epoch, %d epochs", len(windows), steps_per_epoch, c.epochs)
     started = time.time()
-    try:
+    with StopRequest() as stop:
         while step < total:
+            if stop.requested:
+                save_last()
+                raise KeyboardInterrupt
             epoch, index = divmod(step, steps_per_epoch)
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(windows))
             batch = [windows[i] for i in order[index * c.batch_size:(index + 1) * c.batch_size]]
@@ -160,9 +165,6 @@ def train_sft(cfg: Config, run: RunData, policy: Policy, out: Path, metrics: Met
                 log.info("SFT epoch %d/%d: NLL %.4f%s", epoch, c.epochs, loss.item(),
                          f", valid HR@10 {record['valid/hr@10']:.4f}" if "valid/hr@10" in record else "")
                 save_last()
-    except KeyboardInterrupt:
-        save_last()
-        raise
     if not best_path.is_file():                                       # sft.epochs = 0: the initial policy
         save_checkpoint(best_path, {"stage": "sft", "policy": policy.state_dict(), "step": step,
                                     "config": to_dict(cfg)})
@@ -204,6 +206,8 @@ def run_training(cfg: Config) -> dict:
     from rl import train_rl                                            # the RL stage lives in rl.py
 
     device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     started = time.time()
     run = build_run_data(cfg)                       # data errors surface before the run folder exists
