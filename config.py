@@ -49,6 +49,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     eval_every: int = 5             # epochs between validation evaluations
     eval_users: int = 500           # validation users used for checkpoint selection (0 = all)
+    checkpoint: str = ""            # reuse this sft_best.pt (same data and model config) instead of training
 
 
 @dataclass
@@ -85,8 +86,8 @@ class RewardConfig:
 class GateConfig:
     policy: str = "gt_rank"         # gt_rank | gt_logprob | entropy | none
     policy_threshold: float = 1.0   # gt_rank: pass if rank > t; gt_logprob: pass if p < t; entropy: pass if H >= t
-    reward: str = "gt_rank"         # gt_rank | auc | margin | none
-    reward_threshold: float = 1.0   # gt_rank: pass if rank <= t; auc: pass if AUC >= t; margin: pass if margin >= t
+    reward: str = "auc"             # gt_rank | auc | margin | none
+    reward_threshold: float = 0.5   # gt_rank: pass if rank <= t; auc: pass if AUC >= t; margin: pass if margin >= t
     graded: bool = False            # weight = policy pass x share of negatives the ground truth beats
     random_rate: float = 0.5        # admission probability of rl.method=random (a control)
 
@@ -100,7 +101,7 @@ class RLConfig:
     group_size: int = 8             # G rollouts per user
     rollout: str = "beam"           # beam | sample
     temperature: float = 1.0        # for rollout=sample
-    lr: float = 5e-4
+    lr: float = 2e-4
     grad_clip: float = 1.0
     update_epochs: int = 1          # policy updates per rollout batch (ratio clipping matters when > 1)
     clip_eps: float = 0.2
@@ -306,6 +307,8 @@ def validate(cfg: Config) -> None:
     except ValueError as err:
         raise ConfigError(re.sub(r"invalid (\w+)", r"invalid world.\1", str(err), count=1)) from None
 
+    _require(not flat["sft.checkpoint"] or Path(flat["sft.checkpoint"]).is_file(), "sft.checkpoint",
+             flat["sft.checkpoint"], "must be empty or name an existing sft_best.pt file")
     if flat["data.source"] != "synthetic":
         path = flat["data.path"]
         _require(bool(path) and Path(path).is_file(), "data.path", path,

@@ -128,7 +128,8 @@ def rl_step(cfg: Config, run: RunData, policy: Policy, reference: Policy | None,
     if cfg.reward.shaping == "topk":
         full = reward.score_all(users, positions, hist_pad)
         kth = np.sort(full, axis=1)[:, -min(cfg.reward.topk, full.shape[1])][:, None]
-        topk_hit = np.where(valid.numpy(), np.nan_to_num(scores, nan=-np.inf) >= kth, False)
+        in_topk = np.take_along_axis(full >= kth, items.clamp(min=0).numpy(), axis=1)   # same scores as kth
+        topk_hit = valid.numpy() & in_topk
     is_target = (items == targets[:, None]).numpy()
     rewards = shape_rewards(scores, valid.numpy(), is_target, topk_hit, cfg.reward)
 

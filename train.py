@@ -100,6 +100,12 @@ def train_sft(cfg: Config, run: RunData, policy: Policy, out: Path, metrics: Met
     repeats exactly what an uninterrupted one would do.
     """
     c = cfg.sft
+    if c.checkpoint:
+        state = load_checkpoint(c.checkpoint)
+        policy.load_state_dict(state["policy"])            # raises if the model config differs
+        save_checkpoint(out / "sft_best.pt", {**state, "config": to_dict(cfg)})
+        log.info("SFT: loaded %s instead of training", c.checkpoint)
+        return
     windows = sft_windows(run.split.train, cfg.data.max_history)
     if not windows:
         raise TrainingError("no training prefix has two or more items, so SFT has no target; use longer "

@@ -255,7 +255,8 @@ def test_gate_grpo_all_ones():
 
 
 def test_gate_adagrpo_binary():
-    weights, stats = gate_weights("adagrpo", GateConfig(), gate_batch(), np.arange(4), step=0)
+    cfg = GateConfig(policy="gt_rank", policy_threshold=1.0, reward="gt_rank", reward_threshold=1.0)
+    weights, stats = gate_weights("adagrpo", cfg, gate_batch(), np.arange(4), step=0)
     assert weights.tolist() == [1.0, 0.0, 0.0, 0.0]
     assert stats["gate/admission_rate"] == 0.25
     assert stats["gate/fail_policy"] == 0.25
