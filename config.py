@@ -312,10 +312,11 @@ def validate(cfg: Config) -> None:
     if flat["data.source"] != "synthetic":
         path = flat["data.path"]
         _require(bool(path) and Path(path).is_file(), "data.path", path,
-                 "must name an existing interactions file for this data.source")
+                 "file not found; pass the interactions file, e.g. data.path=/path/to/Beauty.txt")
         item_path = flat["data.item_path"]
         _require(not item_path or Path(item_path).is_file(), "data.item_path", item_path,
-                 "must be empty or name an existing item metadata file")
+                 "file not found; pass the item metadata file, or data.item_path='' with "
+                 "data.item_vectors=collaborative")
 
 
 def config_from_dict(values: dict) -> Config:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from config import ConfigError
 from data.item_vectors import collaborative_vectors, combine, content_vectors
 from data.public import load_dataset
 from data.semantic_ids import SemanticIds, build_semantic_ids
@@ -60,8 +61,8 @@ def _load_interactions(cfg):
 def _item_vectors(kind: str, content: np.ndarray | None, train: list[list[int]], n_items: int, seed: int):
     """Vectors to cluster into SIDs: content, collaborative (training co-occurrence) or both."""
     if kind in ("content", "both") and content is None:
-        raise ValueError(f"data.item_vectors={kind!r} needs item side information, but this data set has "
-                         "none; set data.item_path or use data.item_vectors=collaborative")
+        raise ConfigError(f"data.item_vectors={kind!r} needs item side information, but this data set has "
+                          "none; set data.item_path or use data.item_vectors=collaborative")
     if kind == "content":
         return content
     collaborative = collaborative_vectors(train, n_items, COLLABORATIVE_DIM, seed=seed)
