@@ -5,6 +5,7 @@ Every number on the page is read from the sweep's output files, so the page is r
     python -c "from benchmark import make_benchmarks_page; make_benchmarks_page('runs/noise_sweep')"
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -156,3 +157,38 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     page = out / "benchmarks.md"
     page.write_text("\n".join(lines), encoding="utf-8")
     return page
+
+
+def eval_table(run_dirs: list[str], split: str = "test") -> list[str]:
+    """Markdown rows of HR@5/10, NDCG@5/10 and hallucination per stage of train.py runs (their eval.json).
+
+    Each run gives its RL method's best and final checkpoints; SFT is listed once per distinct SFT result.
+    """
+    columns = ["hr@5", "hr@10", "ndcg@5", "ndcg@10", "hallucination"]
+    rows, seen_sft = [], set()
+    for folder in run_dirs:
+        results = json.loads((Path(folder) / "eval.json").read_text(encoding="utf-8"))
+        sft = results["sft"][split]
+        key = tuple(sft[c] for c in columns)
+        if key not in seen_sft:
+            seen_sft.add(key)
+            rows.append(["SFT"] + [f"{sft[c]:.4f}" for c in columns])
+        for method, entry in results.items():
+            if method in ("sft", "wall_time_s"):
+                continue
+            label = f"{LABELS.get(method, method)} (admission {entry['admission_rate']:.2f})"
+            rows.append([f"{label}, best (step {entry['step']})"] + [f"{entry[split][c]:.4f}" for c in columns])
+            final = entry["final"]
+            rows.append([f"{label}, final (step {final['step']})"] + [f"{final[split][c]:.4f}" for c in columns])
+    return markdown_table(["model", *columns], rows)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print a markdown table of the metrics in train.py run "
+                                     "folders (their eval.json), for results pages.")
+    parser.add_argument("run_dirs", nargs="+", help="run folders written by train.py")
+    parser.add_argument("--split", choices=["valid", "test"], default="test", help="which targets to show")
+    args = parser.parse_args()
+    print("\n".join(eval_table(args.run_dirs, args.split)))

@@ -31,7 +31,7 @@ def test_real_config_validates(name):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_real_config_names_data_files(name):
-    # Without the data paths the shipped placeholders are missing, and validation says which key to set.
+    # Without the data paths the shipped placeholders are missing, and the validation error names the key to set.
     with pytest.raises(ValueError, match="data.path"):
         load_config(str(ROOT / name), ["data.path=missing/file.txt"])
 
