@@ -29,4 +29,4 @@ def test_eval_table_lists_shared_sft_once(tmp_path):
     write_eval(tmp_path / "b", 0.2, method="grpo")
     lines = eval_table([str(tmp_path / "a"), str(tmp_path / "b")])
     assert sum(line.startswith("| SFT |") for line in lines) == 1
-    assert len(lines) == 2 + 1 + 4
+    assert len(lines) == 2 + 1 + 4 + 1           # header, SFT, two rows per run, blank line
