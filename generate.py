@@ -86,26 +86,28 @@ class _Decoder:
         self.model, self.prefix, self.prefix_mask, self.rows = model, prefix, prefix_mask, rows
         self.cache = None
         if use_cache:
-            logits, cache = model(prefix, prefix_mask, use_cache=True)
-            self.cache = cache.select(rows)
+            # One cache row per user: rows must list each user's decoding rows contiguously, the same
+            # number for every user, as repeat_interleave makes them.
+            logits, self.cache = model(prefix, prefix_mask, use_cache=True)
         else:
             logits = model(prefix, prefix_mask)
         self.first_logits = logits[rows, -1]  # (N, V), predicts level 0
 
-    def next_logits(self, partial, parent=None):
-        """Feed the newest token of each partial SID (N, l) and return the next-token logits (N, V).
+    def next_logits(self, partial):
+        """Feed each row's partial SID (N, l) and return the next-token logits (N, V).
 
-        parent (N,) names the row whose cache each row continues, as after a beam reorder.
+        Rows may have been reordered by a beam step since the last call: nothing is kept per row.
         """
         ones = torch.ones_like(partial, dtype=torch.bool)
         if self.cache is None:
             tokens = torch.cat([self.prefix[self.rows], partial], dim=1)
             mask = torch.cat([self.prefix_mask[self.rows], ones], dim=1)
             return self.model(tokens, mask)[:, -1]
-        if parent is not None:
-            self.cache = self.cache.select(parent)
-        logits, self.cache = self.model(partial[:, -1:], ones[:, -1:], self.cache)
-        return logits[:, -1]
+        # The shared prefix cache is not reordered: every step feeds each row's whole partial SID
+        # (at most sid_len - 1 tokens), so the parent rows need no cache of their own.
+        users = self.prefix.shape[0]
+        grouped = partial.view(users, partial.shape[0] // users, partial.shape[1])  # (B, K, l)
+        return self.model.forward_candidates(self.cache, grouped)[:, :, -1].reshape(partial.shape[0], -1)
 
 
 @torch.no_grad()
@@ -148,8 +150,7 @@ def beam_search(model: Policy, prefix, prefix_mask, beam_size: int, trie: SidTri
         history = sids.gather(1, parent[:, :, None].expand(B, W, level))
         sids = torch.cat([history, (code + model.level_offsets[level])[:, :, None]], dim=2)
         if level + 1 < model.sid_len:
-            flat_parent = (users[:, None] * W + parent).view(-1)  # (B*W,) row in the old beam order
-            logits = decoder.next_logits(sids.view(B * W, level + 1), flat_parent)
+            logits = decoder.next_logits(sids.view(B * W, level + 1))
 
     sids = sids.masked_fill(torch.isneginf(scores)[:, :, None], PAD)
     return sids, scores

@@ -36,15 +36,6 @@ class KVCache:
     key_mask: torch.Tensor  # (B, S) bool, False at padding
     next_position: torch.Tensor  # (B,) long position id of the next token
 
-    def select(self, rows: torch.Tensor) -> "KVCache":
-        """Return the cache of the given batch rows, in that order (rows may repeat)."""
-        return KVCache(
-            [k[rows] for k in self.keys],
-            [v[rows] for v in self.values],
-            self.key_mask[rows],
-            self.next_position[rows],
-        )
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -174,6 +165,30 @@ class Policy(nn.Module):
         next_position = start + attention_mask.long().sum(1)
         return logits, KVCache(keys, values, key_mask, next_position)
 
+    def forward_candidates(self, cache: KVCache, candidates):
+        """Next-token logits (B, K, l, V) for K candidate continuations (B, K, l) of each cached prefix.
+
+        The prefix cache keeps one row per user (B rows) and is never copied per candidate: the K*l
+        candidate tokens of a user form one query block, and a candidate token attends to the whole
+        prefix and to its own earlier tokens only, which gives the same result as K separate rows.
+        """
+        B, K, l = candidates.shape
+        tokens = candidates.reshape(B, K * l)
+        offsets = torch.arange(l, device=tokens.device).repeat(K)  # (K*l,) index within a candidate
+        positions = cache.next_position[:, None] + offsets[None, :]  # (B, K*l)
+        if int(positions.max()) >= self.max_len:
+            raise ValueError(f"candidates reach position {int(positions.max())}, beyond the maximum {self.max_len - 1}")
+
+        owner = torch.arange(K, device=tokens.device).repeat_interleave(l)  # (K*l,) candidate of each token
+        own = (owner[:, None] == owner[None, :]) & (offsets[None, :] <= offsets[:, None])  # (K*l, K*l)
+        prefix_keys = cache.key_mask[:, None, None, :].expand(B, 1, K * l, cache.key_mask.shape[1])
+        attn_mask = torch.cat([prefix_keys, own.expand(B, 1, K * l, K * l)], dim=-1)  # (B, 1, K*l, S + K*l)
+
+        x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))  # (B, K*l, d_model)
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, attn_mask, (cache.keys[i], cache.values[i]))
+        return self.lm_head(self.ln_f(x)).view(B, K, l, -1)
+
     def level_log_softmax(self, logits, level: int):
         """Apply log-softmax over level `level`'s code range: logits (..., vocab_size) -> (..., level_sizes[level])."""
         offset = self.level_offsets[level]
@@ -210,10 +225,8 @@ class Policy(nn.Module):
         flat = sids.reshape(B * G, L)
         step_logits = [logits[:, -1].repeat_interleave(G, dim=0)[:, None]]  # (B*G, 1, V) predicts level 0
         if L > 1:
-            cache = cache.select(torch.arange(B, device=sids.device).repeat_interleave(G))
-            inputs = flat[:, :-1]
-            rest, _ = self(inputs, torch.ones_like(inputs, dtype=torch.bool), cache)  # (B*G, L-1, V)
-            step_logits.append(rest)
+            rest = self.forward_candidates(cache, sids[:, :, :-1])  # (B, G, L-1, V)
+            step_logits.append(rest.reshape(B * G, L - 1, -1))
         logits = torch.cat(step_logits, dim=1)  # (B*G, L, V)
         levels = torch.arange(L, device=sids.device).expand(B * G, L)
         active = torch.ones_like(flat, dtype=torch.bool)
