@@ -259,7 +259,7 @@ REAL = {
 def real_file(relative: str) -> Path:
     path = REAL_DATA / relative
     if not path.exists():
-        pytest.skip(f"real dataset file {path} is not present in this checkout")
+        pytest.skip(f"real dataset file {path} not found; the public data folder sits beside the repository")
     return path
 
 
