@@ -26,14 +26,6 @@ EXPECTED_RUNS = {"seed0/sft", "seed0/validity/validity_lam1"} | {
     for method in ("adagrpo", "grpo", "random", "grpo_scaled")}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: the models are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def read_runs(out: Path) -> list[dict]:
     with open(out / "runs.csv", newline="", encoding="utf-8") as lines:

@@ -17,14 +17,6 @@ from evaluate import format_table, metrics_from_predictions, ranked_list_metrics
 INF = math.inf
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: these tensors are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def one_list(items, logprobs=None):
     """Return (1, W) items and log-probs. The default log-probs are finite and decreasing."""

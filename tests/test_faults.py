@@ -34,14 +34,6 @@ TINY = ["world.n_items=150", "world.n_users=150", "model.d_model=32", "sft.epoch
         "rl.eval_every=1", "eval.beam_size=10", "eval.constrained_reference=false", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: the models are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(out_dir, *extra):
     return load_config(str(ROOT / "small.yaml"), TINY + [f"out_dir={out_dir}", *extra])

@@ -14,14 +14,6 @@ from gate import GroupView, gate_weights, policy_difficulty, reward_discriminabi
 NAN = math.nan
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: these tensors are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_view(distinct, is_target, rollout_logprobs, target_logprob, rollout_scores, target_score):
     """GroupView from nested lists, one row per sample."""

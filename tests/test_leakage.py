@@ -26,14 +26,6 @@ TINY = ["world.n_items=200", "world.n_users=300", "sid.codebook_size=16", "ranke
         "ranker.exposures=20", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: the models are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def replace_targets(sequences, n_items):
     """Replace the last two items of every sequence with other items that are not in the sequence."""

@@ -10,14 +10,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loss import adagrpo_loss, group_advantages, grpo_term  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: these tensors are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------- group_advantages
 

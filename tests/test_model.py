@@ -18,14 +18,6 @@ VOCAB = 10
 ALL_CODES = list(itertools.product(*(range(k) for k in LEVEL_SIZES)))  # 18 SIDs
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: these tensors are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def to_tokens(codes):
     """Turn code tuples (n, sid_len) into SID token rows."""

@@ -30,14 +30,6 @@ RL_KEYS = ("reward/mean", "reward/std", "reward/zero_std_groups", "gate/admissio
            "gate/fail_reward", "kl", "clip_fraction", "nll", "oracle/precision")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: the models are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def train_args(out_dir, *extra):
     return ["--config", str(ROOT / "small.yaml"), *TINY, f"out_dir={out_dir}", *extra]

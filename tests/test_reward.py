@@ -17,14 +17,6 @@ from reward import (RewardModel, Ranker, build_reward_model, hash_uniform, pad_h
 N_ITEMS = 60
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run on one CPU thread: these tensors are tiny, and idle worker threads slow tests down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_train(n_users=40, n_items=N_ITEMS, seed=0):
     """Training prefixes of 1 to 6 distinct items per user."""
