@@ -87,7 +87,7 @@ def evaluate_split(policy, run, split: str, cfg, device, constrained: bool = Fal
 
 
 def write_predictions(path: str, run, lists) -> None:
-    """One JSON object per user: user, target, sids, items (null = no item), logprobs."""
+    """Write one JSON object per user: user, target, sids, items (null = no item), logprobs."""
     users, targets, out_sids, logprobs, items = lists
     with open(path, "w", encoding="utf-8") as out:
         for row, user in enumerate(users):
@@ -114,7 +114,7 @@ def metrics_from_predictions(path: str) -> dict:
 
 
 def format_table(rows: dict[str, dict], columns=("hr@10", "ndcg@10", "hallucination")) -> str:
-    """A fixed-width text table, one row per name."""
+    """Format the metrics as a fixed-width text table, one row per name."""
     header = f"{'':<24}" + "".join(f"{c:>15}" for c in columns)
     lines = [header]
     for name, metrics in rows.items():

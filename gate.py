@@ -26,7 +26,7 @@ from reward import hash_uniform
 
 @dataclass
 class GroupView:
-    """What the gate sees of one rollout group per sample (B samples, G rollouts)."""
+    """The gate's input: one rollout group per sample (B samples, G rollouts)."""
     distinct: torch.Tensor          # (B, G) bool: first occurrence of each SID in its group
     is_target: torch.Tensor         # (B, G) bool: the rollout is the ground-truth SID
     rollout_logprobs: torch.Tensor  # (B, G) policy log-prob of each rollout

@@ -98,8 +98,8 @@ class _Decoder:
 
         Rows may have been reordered by a beam step since the last call: nothing is kept per row.
         """
-        ones = torch.ones_like(partial, dtype=torch.bool)
         if self.cache is None:
+            ones = torch.ones_like(partial, dtype=torch.bool)
             tokens = torch.cat([self.prefix[self.rows], partial], dim=1)
             mask = torch.cat([self.prefix_mask[self.rows], ones], dim=1)
             return self.model(tokens, mask)[:, -1]

@@ -15,7 +15,7 @@ LOG_RATIO_MAX = 20.0
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """A = (r - mean) / (std + eps) within each group, with the population std (divide by G).
+    """Compute A = (r - mean) / (std + eps) within each group, with the population std (divide by G).
 
     rewards: (B, G). A group whose rewards are all equal gets exactly 0, also when float residue
     makes its std a tiny non-zero number (std <= 1e-7 * (1 + |mean|) counts as equal).
@@ -64,7 +64,6 @@ def adagrpo_loss(nll: torch.Tensor, grpo: torch.Tensor, weights: torch.Tensor, l
     gradient from its GRPO (and KL) term, even if that term is not finite; with every g_i = 0 the loss
     is the mean NLL.
     """
-    admitted = weights > 0
-    gated = torch.where(admitted, weights * torch.where(admitted, grpo, torch.zeros_like(grpo)),
-                        torch.zeros_like(grpo))
+    # The inner where, not the zero weight, keeps a non-finite GRPO_i out of the value and the gradient.
+    gated = weights * torch.where(weights > 0, grpo, torch.zeros_like(grpo))
     return (nll + lam * gated).mean()

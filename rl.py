@@ -118,7 +118,8 @@ def rl_step(cfg: Config, run: RunData, policy: Policy, reference: Policy | None,
 
     # 2. rewards of the rollout items; seen or invalid items are not valid recommendations
     items = run.sids.lookup_items(sids.cpu())                                       # (B, G), -1 = no item
-    seen = torch.tensor([[int(i) in set(h) for i in row] for row, h in zip(items.tolist(), histories)],
+    history_sets = [set(h) for h in histories]
+    seen = torch.tensor([[i in consumed for i in row] for row, consumed in zip(items.tolist(), history_sets)],
                         dtype=torch.bool)
     valid = (items >= 0) & ~seen
     hist_pad = pad_histories(histories, cfg.data.max_history)

@@ -189,18 +189,18 @@ def evaluate_policy(policy: Policy, run: RunData, cfg: Config, device) -> dict:
 
 
 def prepare_run_folder(cfg: Config) -> Path:
-    """Create out_dir, or check that an existing one holds a run of this exact config (then it resumes)."""
+    """Create out_dir, or check that an existing one contains a run of this exact config (which then resumes)."""
     out = Path(cfg.out_dir)
     saved = out / "config.yaml"
     current = to_dict(cfg)
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
         if previous != current:
-            raise ConfigError(f"out_dir {str(out)!r} holds a run with a different config; pass a new "
+            raise ConfigError(f"out_dir {str(out)!r} contains a run with a different config; pass a new "
                               f"out_dir=... or delete that folder to start fresh")
         log.info("resuming the run in %s", out)
     elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"out_dir {str(out)!r} exists, is not empty and holds no config.yaml; pass a new "
+        raise ConfigError(f"out_dir {str(out)!r} exists, is not empty and has no config.yaml; pass a new "
                           f"out_dir=... or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")

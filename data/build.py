@@ -30,7 +30,7 @@ class RunData:
     world: World | None = None       # the synthetic world (the oracle), None for real data
 
     def target(self, user: int, split: str) -> int:
-        """The validation or test target item of a user."""
+        """Return the validation or test target item of a user."""
         if split == "valid":
             return self.split.valid_target[user]
         if split == "test":
