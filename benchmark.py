@@ -1,6 +1,6 @@
 """The noise sweep: SFT once per seed, then GRPO, AdaGRPO and their controls from that SFT checkpoint.
 
-    python benchmark.py --config noise_sweep.yaml [--quick] [--out DIR] [dotted.key=value ...]
+    python benchmark.py --config noise_sweep.yaml [--quick] [--workers N] [--out DIR] [dotted.key=value ...]
 
 The config contains `base` (a train.py config) and `sweep` (seeds, corruption kinds and rates, lambdas,
 controls; see sweep_plan.py). `--quick` applies the config's `quick` overrides. Command-line overrides go
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import shutil
 import sys
 import time
@@ -39,6 +40,7 @@ from train import (MetricsLog, TrainingError, evaluate_policy, make_policy, pick
                    train_sft)
 
 log = logging.getLogger("benchmark")
+QUIET_LOGGERS = ("train", "rl", "data", "reward", "evaluate", "generate", "model")   # silenced unless --verbose
 
 __all__ = ["main", "make_benchmarks_page", "run_sweep"]
 
@@ -134,11 +136,13 @@ class SeedRuns:
         policy = make_policy(cfg, self.run, self.device)
         policy.load_state_dict(self.sft_policy)
         summary = train_rl(cfg, self.run, policy, folder, MetricsLog(folder / "metrics.jsonl"), self.device)
-        method, results = cfg.rl.method, {"sft": self.sft_eval}
+        method, results, entries = cfg.rl.method, {"sft": self.sft_eval}, {}
         for name in ("best", "final"):
-            policy.load_state_dict(load_checkpoint(folder / f"{method}_{name}.pt")["policy"])
-            entry = evaluate_policy(policy, self.run, cfg, self.device)
-            entry.update(step=summary[f"{name}_step"], admission_rate=summary["admission_rate"])
+            step = summary[f"{name}_step"]
+            if step not in entries:                    # the best checkpoint is often the final one
+                policy.load_state_dict(load_checkpoint(folder / f"{method}_{name}.pt")["policy"])
+                entries[step] = evaluate_policy(policy, self.run, cfg, self.device)
+            entry = {**copy.deepcopy(entries[step]), "step": step, "admission_rate": summary["admission_rate"]}
             if name == "best":
                 results[method] = entry
             else:
@@ -180,35 +184,108 @@ def device_label(device: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- the sweep
 
-def run_sweep(base: dict, sweep: Sweep, out: Path) -> None:
-    """Run every pending run of the sweep, appending one runs.csv row per finished run."""
-    device = pick_device(config_from_dict(base).device)
+_CACHE: dict = {}        # per process: the SeedRuns of the seed this process used last
+
+
+def seed_runs(base: dict, seed: int, out: Path, device: torch.device) -> SeedRuns:
+    """Return this process's SeedRuns for (base config, seed, output folder), building it on a change.
+
+    The previous one is freed first, so a process keeps one seed's data and policy at a time.
+    """
+    cached = _CACHE.get("runs")
+    if cached is None or (cached.base, cached.seed, cached.out) != (base, seed, out):
+        _CACHE.clear()
+        _CACHE["runs"] = SeedRuns(base, seed, out, device)
+    return _CACHE["runs"]
+
+
+def run_group(base: dict, out: Path, specs: list[RunSpec], admissions: dict, match_lambda: float) -> list[dict]:
+    """Run one group of runs of one seed in order and return their runs.csv rows.
+
+    `admissions` maps run ids to the AdaGRPO admission rates that matched controls copy; runs of this group
+    add theirs. Each finished run leaves an eval.json, so an interrupted group loses no finished run.
+    """
+    cfg = config_from_dict(base)
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    shared = seed_runs(base, specs[0].seed, out, device)
+    rows = []
+    for spec in specs:
+        if spec.method == "sft":
+            row = {**shared.sft_row(), "device": device_label(device)}
+        else:
+            overrides = {}
+            if spec.match_run is not None:
+                overrides = matched_overrides(spec, admissions[spec.match_run], match_lambda)
+            run_cfg, results = shared.train(spec, overrides)
+            row = rl_row(spec, run_cfg, results, device_label(device))
+            admissions[spec.run_id] = row["admission_rate"]
+        log.info("%s: %s", spec.run_id, describe_row(row))
+        rows.append(row)
+    return rows
+
+
+def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Split runs into groups that one process runs in order.
+
+    The runs of one (seed, kind, rate) cell form one group, because its controls need its AdaGRPO run.
+    Each seed's validity runs form another.
+    """
+    groups: dict = {}
+    for spec in specs:
+        key = (spec.seed, spec.kind, spec.rate, spec.method if spec.method in ("sft", "validity") else "cell")
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+def _init_worker(levels: dict) -> None:
+    """Configure logging in a worker process as in the parent."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _run_task(task: tuple) -> list[dict]:
+    return run_group(*task)
+
+
+def run_sweep(base: dict, sweep: Sweep, out: Path, workers: int = 1) -> None:
+    """Run every pending run of the sweep in `workers` processes, appending one runs.csv row per run.
+
+    First every seed with pending runs gets its SFT policy and ranker (one task per seed), then the cells
+    run as independent tasks. The parent process alone writes runs.csv.
+    """
     runs_csv = out / "runs.csv"
     done = read_rows(runs_csv)
     plan = plan_runs(sweep)
     pending = [spec for spec in plan if spec.run_id not in done]
-    log.info("%d runs in the sweep, %d finished, %d to run, device %s", len(plan), len(plan) - len(pending),
-             len(pending), device_label(device))
-    shared: SeedRuns | None = None
-    with logging_redirect_tqdm(), tqdm(total=len(plan), initial=len(plan) - len(pending), unit="run") as bar:
-        for spec in pending:
-            if shared is None or shared.seed != spec.seed:
-                shared = None                                          # free the previous seed first
-                shared = SeedRuns(base, spec.seed, out, device)
-            if spec.method == "sft":
-                row = shared.sft_row()
-                row["device"] = device_label(device)
-            else:
-                overrides = {}
-                if spec.match_run is not None:
-                    admission = float(done[spec.match_run]["admission_rate"])
-                    overrides = matched_overrides(spec, admission, sweep.match_lambda)
-                cfg, results = shared.train(spec, overrides)
-                row = rl_row(spec, cfg, results, device_label(device))
-            append_row(runs_csv, row)
-            done[spec.run_id] = {key: str(value) for key, value in row.items()}
-            log.info("%s: %s", spec.run_id, describe_row(row))
-            bar.update()
+    log.info("%d runs in the sweep, %d finished, %d to run, %d worker process(es)", len(plan),
+             len(plan) - len(pending), len(pending), workers)
+    seeds = sorted({spec.seed for spec in pending})
+    sft = [[spec] for spec in plan if spec.method == "sft" and spec.seed in seeds]
+    cells = group_runs([spec for spec in pending if spec.method != "sft"])
+    admissions = {run_id: float(row["admission_rate"]) for run_id, row in done.items()
+                  if row.get("admission_rate") not in (None, "")}
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (levels,)) if workers > 1 else None
+    try:
+        with logging_redirect_tqdm(), tqdm(total=len(plan), initial=len(plan) - len(pending), unit="run") as bar:
+            for phase in (sft, cells):
+                tasks = [(base, out, specs, admissions, sweep.match_lambda) for specs in phase]
+                results = pool.imap_unordered(_run_task, tasks) if pool else map(_run_task, tasks)
+                for rows in results:
+                    for row in rows:
+                        if row["run_id"] not in done:
+                            append_row(runs_csv, row)
+                            done[row["run_id"]] = row
+                            bar.update()
+                        if row.get("admission_rate") not in (None, ""):
+                            admissions[row["run_id"]] = float(row["admission_rate"])
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
 
 
 def run_strata(base: dict, sweep: Sweep, out: Path) -> None:
@@ -268,21 +345,26 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="apply the config's `quick` overrides: a tiny world, few seeds and steps")
     parser.add_argument("--out", help="output folder (default: runs/noise_sweep, or runs/noise_sweep_quick)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run this many runs at once, each in its own process with `threads` torch threads "
+                             "(default 1); about one per CPU core")
     parser.add_argument("--verbose", action="store_true", help="also log every training step summary")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
                         help="override a base key (rl.steps=50) or a sweep key (sweep.seeds=[0,1])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
-        for name in ("train", "rl", "data", "reward", "evaluate", "generate", "model"):
+        for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     out = Path(args.out or ("runs/noise_sweep_quick" if args.quick else "runs/noise_sweep"))
     command = " ".join(["python benchmark.py"] + (argv if argv is not None else sys.argv[1:]))
     try:
+        if args.workers < 1:
+            raise ConfigError(f"--workers {args.workers}: expected at least 1 process")
         base, sweep = load_sweep_config(args.config, args.quick, args.overrides)
         check_output_folder(out, base, sweep, command)
-        run_sweep(base, sweep, out)
+        run_sweep(base, sweep, out, args.workers)
         run_strata(base, sweep, out)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

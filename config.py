@@ -115,6 +115,7 @@ class EvalConfig:
     beam_size: int = 20
     batch_size: int = 128
     constrained_reference: bool = True   # also report trie-constrained decoding
+    max_users: int = 0              # evaluate valid and test on the first N users only (0 = all)
 
 
 @dataclass
@@ -280,7 +281,7 @@ def validate(cfg: Config) -> None:
     for key in positive:
         _require(flat[key] > 0, key, flat[key], "must be > 0")
     non_negative = ["sft.epochs", "sft.weight_decay", "sft.warmup_steps", "sft.grad_clip", "sft.eval_users",
-                    "ranker.weight_decay", "ranker.exposure_bias", "corruption.noise_std",
+                    "eval.max_users", "ranker.weight_decay", "ranker.exposure_bias", "corruption.noise_std",
                     "rl.lambda", "rl.steps", "rl.grad_clip", "rl.clip_eps", "rl.kl_beta"]
     for key in non_negative + ["threads"]:
         _require(flat[key] >= 0, key, flat[key], "must be >= 0")

@@ -4,6 +4,7 @@ Per seed: one SFT run, then for every (corruption kind, rate) cell uniform GRPO 
 AdaGRPO at each `adagrpo_lambdas`, and two controls matched to AdaGRPO at `match_lambda` in the same cell:
 `random` (a gate that admits each sample with probability equal to AdaGRPO's measured mean admission rate,
 at the same lambda) and `grpo_scaled` (uniform GRPO with lambda = match_lambda x that admission rate).
+The controls run only at the rates listed in `control_rates`.
 Rate 0 has no corruption, so it is one cell, kind `clean`, whatever `kinds` contains. The `validity`
 control runs once per seed and lambda. It is uniform GRPO whose reward is 1 for every valid, unseen item
 and 0 for an invalid SID or an already-seen item, so it learns nothing from the ranker.
@@ -37,6 +38,7 @@ class Sweep:
     match_lambda: float = 1.0          # the AdaGRPO lambda whose admission rate the controls match
     random_gate: bool = True           # run the `random` control
     scaled_grpo: bool = True           # run the `grpo_scaled` control
+    control_rates: list = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])   # where they run
     validity_lambdas: list = field(default_factory=lambda: [0.25, 1.0, 4.0])   # [] skips the control
     strata_seed: int = 0               # the seed of the stratified analysis
     strata_kind: str = "popularity"    # the corruption kind of its corrupted ranker
@@ -91,6 +93,7 @@ def validate_sweep(sweep: Sweep) -> None:
             and unique("kinds"), "kinds", f"a non-empty list of {', '.join(KINDS)}, each once")
     require(len(sweep.rates) > 0 and all(0.0 <= r <= 1.0 for r in sweep.rates) and unique("rates"), "rates",
             "a non-empty list of corruption rates in [0, 1], each once")
+    require(all(0.0 <= r <= 1.0 for r in sweep.control_rates), "control_rates", "rates must be in [0, 1]")
     for key in ("grpo_lambdas", "adagrpo_lambdas", "validity_lambdas"):
         require(all(v >= 0 for v in getattr(sweep, key)) and unique(key), key, "lambdas must be >= 0, each once")
     require(sweep.strata_seed in sweep.seeds, "strata_seed", "must be one of sweep.seeds")
@@ -197,12 +200,13 @@ def plan_runs(sweep: Sweep) -> list[RunSpec]:
                 plan.append(RunSpec(run_folder(seed, kind, rate, "grpo", lam), seed, kind, rate, "grpo", lam,
                                     {**corruption, "rl.method": "grpo", "rl.lambda": lam}))
             match = run_folder(seed, kind, rate, "adagrpo", sweep.match_lambda)
-            if sweep.random_gate:
+            controls = rate in sweep.control_rates
+            if sweep.random_gate and controls:
                 plan.append(RunSpec(run_folder(seed, kind, rate, "random", sweep.match_lambda), seed, kind, rate,
                                     "random", sweep.match_lambda,
                                     {**corruption, "rl.method": "random", "rl.lambda": sweep.match_lambda},
                                     match_run=match))
-            if sweep.scaled_grpo:
+            if sweep.scaled_grpo and controls:
                 plan.append(RunSpec(run_folder(seed, kind, rate, "grpo_scaled", sweep.match_lambda), seed, kind,
                                     rate, "grpo_scaled", sweep.match_lambda, {**corruption, "rl.method": "grpo"},
                                     match_run=match))

@@ -180,11 +180,16 @@ def train_sft(cfg: Config, run: RunData, policy: Policy, out: Path, metrics: Met
 # ----------------------------------------------------------------------------- orchestration
 
 def evaluate_policy(policy: Policy, run: RunData, cfg: Config, device) -> dict:
-    """Validation and test metrics of one checkpoint, plus the trie-constrained test reference."""
-    result = {"valid": evaluate_split(policy, run, "valid", cfg, device),
-              "test": evaluate_split(policy, run, "test", cfg, device)}
+    """Validation and test metrics of one checkpoint, plus the trie-constrained test reference.
+
+    With eval.max_users = N > 0, both splits use their first N users only.
+    """
+    users = cfg.eval.max_users
+    result = {"valid": evaluate_split(policy, run, "valid", cfg, device, max_users=users),
+              "test": evaluate_split(policy, run, "test", cfg, device, max_users=users)}
     if cfg.eval.constrained_reference:
-        result["test_constrained"] = evaluate_split(policy, run, "test", cfg, device, constrained=True)
+        result["test_constrained"] = evaluate_split(policy, run, "test", cfg, device, constrained=True,
+                                                    max_users=users)
     return result
 
 

@@ -189,9 +189,46 @@ def test_validation_tuned_picks_best_valid_lambda():
 
 def test_full_sweep_plan_size():
     base, sweep = benchmark.load_sweep_config(SWEEP_YAML, quick=False, overrides=[])
-    # SFT; rate 0 once plus 2 kinds x 2 rates = 5 cells x (2 GRPO + 1 AdaGRPO + 2 controls); 1 validity run
-    per_seed = 1 + (1 + 2 * 2) * (2 + 1 + 2) + 1
+    # SFT; rate 0 once plus 2 kinds x 4 rates = 9 cells x (3 GRPO + 1 AdaGRPO); controls (2 runs) in the
+    # 5 cells at rates 0, 0.4 and 0.8; 1 validity run
+    per_seed = 1 + (1 + 2 * 4) * (3 + 1) + (1 + 2 * 2) * 2 + 1
     assert len(plan_runs(sweep)) == 3 * per_seed
+
+
+def test_controls_run_only_at_control_rates():
+    plan = plan_runs(make_sweep({"seeds": [0], "rates": [0.0, 0.4, 0.8], "control_rates": [0.8]}))
+    control_rates = {spec.rate for spec in plan if spec.method in ("random", "grpo_scaled")}
+    assert control_rates == {0.8}
+    assert {spec.rate for spec in plan if spec.method == "adagrpo"} == {0.0, 0.4, 0.8}
+
+
+def test_groups_keep_each_cell_together_and_in_order():
+    plan = plan_runs(make_sweep({"seeds": [0, 1], "rates": [0.0, 0.4]}))
+    groups = benchmark.group_runs(plan)
+    assert sum(len(group) for group in groups) == len(plan)
+    for group in groups:
+        assert len({(spec.seed, spec.kind, spec.rate) for spec in group}) == 1
+        ids = [spec.run_id for spec in group]
+        for spec in group:
+            if spec.match_run is not None:
+                assert spec.match_run in ids
+                assert ids.index(spec.match_run) < ids.index(spec.run_id)
+    assert [len(g) for g in groups if g[0].method == "sft"] == [1, 1]
+
+
+def test_two_workers_give_the_same_runs_as_one(sweep_out, tmp_path):
+    """Each run's result depends on its seed and config only, not on which process ran it."""
+    assert benchmark.main(["--config", SWEEP_YAML, "--quick", "--out", str(tmp_path), "--workers", "2"]
+                          + TINY) == 0
+    columns = [name for name in read_runs(sweep_out)[0] if name not in ("wall_time_s",)]
+    serial = {row["run_id"]: [row[name] for name in columns] for row in read_runs(sweep_out)}
+    parallel = {row["run_id"]: [row[name] for name in columns] for row in read_runs(tmp_path)}
+    assert parallel == serial
+
+
+def test_workers_below_one_is_refused(tmp_path, capsys):
+    assert benchmark.main(["--config", SWEEP_YAML, "--quick", "--out", str(tmp_path), "--workers", "0"]) == 2
+    assert "--workers 0" in capsys.readouterr().err
 
 
 def test_plan_puts_adagrpo_before_its_controls():
