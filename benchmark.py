@@ -11,6 +11,7 @@ plots, the stratified analysis of one seed (strata_rate<r>.csv, heatmap_rate<r>.
 
 import argparse
 import copy
+import csv
 import dataclasses
 import json
 import logging
@@ -337,6 +338,18 @@ def check_output_folder(out: Path, base: dict, sweep: Sweep, command: str) -> No
     saved.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
 
 
+def record_invocation(out: Path, started: float, workers: int, command: str) -> None:
+    """Append this call's wall time to invocations.csv, which the results page sums."""
+    path = out / "invocations.csv"
+    new = not path.is_file()
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["started", "wall_s", "workers", "command"])
+        writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                         round(time.time() - started, 1), workers, command])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the noise sweep (SFT once per seed; GRPO, AdaGRPO and controls at each corruption "
@@ -359,6 +372,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out or ("runs/noise_sweep_quick" if args.quick else "runs/noise_sweep"))
     command = " ".join(["python benchmark.py"] + (argv if argv is not None else sys.argv[1:]))
+    started = time.time()
     try:
         if args.workers < 1:
             raise ConfigError(f"--workers {args.workers}: expected at least 1 process")
@@ -379,6 +393,7 @@ def main(argv=None) -> int:
 
     write_summary(out)
     plot_all(out)
+    record_invocation(out, started, args.workers, command)
     page = make_benchmarks_page(out)
     log.info("summary in %s, page in %s", out / "summary.csv", page)
     return 0

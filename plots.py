@@ -105,7 +105,8 @@ def legend_right(fig, axes) -> None:
     fig.legend(unique.values(), unique.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
-def plot_hr_vs_rate(rows: list[dict], out_dir: Path, checkpoint: str) -> Path:
+def plot_hr_vs_rate(rows: list[dict], out_dir: Path, checkpoint: str, metric: str = "test_hr@10") -> Path:
+    """Plot `metric` (test_hr@10, or test_hr@10_gain: the change from the same seed's SFT) against the rate."""
     kinds, lambdas = corruption_kinds(rows), lambda_orders(rows)
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False, sharey=True)
     for ax, kind in zip(axes[0], kinds):
@@ -117,17 +118,18 @@ def plot_hr_vs_rate(rows: list[dict], out_dir: Path, checkpoint: str) -> Path:
             points.sort(key=lambda r: r["rate_value"])
             colour, marker = style(method, lam, lambdas)
             dodge = 0.006 * (index - (len(ordered) - 1) / 2)          # keep overlapping error bars apart
-            ax.errorbar([p["rate_value"] + dodge for p in points], [p["test_hr@10_mean"] for p in points],
-                        yerr=errors([p["test_hr@10_ci95"] for p in points]), color=colour, marker=marker,
+            ax.errorbar([p["rate_value"] + dodge for p in points], [p[f"{metric}_mean"] for p in points],
+                        yerr=errors([p[f"{metric}_ci95"] for p in points]), color=colour, marker=marker,
                         capsize=3, lw=1.3, label=label(method, lam))
-        reference_lines(ax, [r for r in rows if r["method"] in ("sft", "validity")], lambdas, "test_hr@10",
-                        checkpoint)
+        reference_lines(ax, [r for r in rows if r["method"] in ("sft", "validity")], lambdas, metric, checkpoint)
         ax.set_title(f"corruption kind: {kind}")
         ax.set_xlabel("corruption rate")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"test HR@10 ({checkpoint} checkpoint), mean and 95% CI over seeds")
+    gain = metric.endswith("_gain")
+    what = "test HR@10 minus the seed's SFT HR@10" if gain else "test HR@10"
+    axes[0][0].set_ylabel(f"{what} ({checkpoint} checkpoint),\nmean and 95% CI over seeds")
     legend_right(fig, axes[0])
-    return save(fig, out_dir / f"hr10_vs_rate_{checkpoint}.png")
+    return save(fig, out_dir / f"hr10_{'gain_' if gain else ''}vs_rate_{checkpoint}.png")
 
 
 def plot_frontier(rows: list[dict], out_dir: Path, checkpoint: str) -> Path:
@@ -211,6 +213,7 @@ def plot_all(out_dir: Path) -> list[Path]:
     paths = []
     for checkpoint in ("best", "final"):
         paths.append(plot_hr_vs_rate(rows, Path(out_dir), checkpoint))
+        paths.append(plot_hr_vs_rate(rows, Path(out_dir), checkpoint, "test_hr@10_gain"))
         paths.append(plot_frontier(rows, Path(out_dir), checkpoint))
     paths.append(plot_gate(rows, Path(out_dir)))
     return paths

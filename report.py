@@ -19,13 +19,14 @@ LABELS = {"sft": "SFT", "grpo": "GRPO", "adagrpo": "AdaGRPO", "random": "random 
 
 
 def cell(row: dict | None, metric: str) -> str:
-    """'mean +- CI' (CI over seeds), or the mean alone for a single seed."""
+    """'mean +- CI' (CI over seeds), or the mean alone for a single seed. Gains carry their sign."""
     if row is None:
         return ""
     mean, ci = to_float(row[f"{metric}_mean"]), to_float(row[f"{metric}_ci95"])
     if math.isnan(mean):
         return ""
-    return f"{mean:.4f}" if math.isnan(ci) else f"{mean:.4f} ± {ci:.4f}"
+    text = f"{mean:+.4f}" if metric.endswith("_gain") else f"{mean:.4f}"
+    return text if math.isnan(ci) else f"{text} ± {ci:.4f}"
 
 
 def series_name(row: dict) -> str:
@@ -100,6 +101,17 @@ def strata_section(path: Path, image: str) -> list[str]:
     return [f"![{path.stem}]({image})", ""] + markdown_table(header, body)
 
 
+def wall_time_line(out: Path) -> str:
+    """Describe the sweep's measured wall time from invocations.csv (one row per benchmark.py call)."""
+    calls = read_csv(out / "invocations.csv")
+    if not calls:
+        return ""
+    minutes = sum(to_float(c["wall_s"]) for c in calls) / 60
+    workers = sorted({c["workers"] for c in calls}, key=int)
+    return (f"Wall time {minutes:.1f} min in {len(calls)} call(s) of benchmark.py with --workers "
+            f"{', '.join(workers)}, from start to the written plots.")
+
+
 def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     """Write <out_dir>/benchmarks.md from summary.csv, runs.csv, sweep.yaml and the strata files.
 
@@ -118,13 +130,23 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
              f"Command: `{spec.get('command', 'python benchmark.py --config noise_sweep.yaml')}`", "",
              f"{len(runs)} runs (SFT and RL) over seeds {', '.join(seeds)} (each seed also sets the synthetic "
              f"world's seed), {', '.join(users)} test users per seed, on {', '.join(devices) or 'unknown'}; "
-             f"{hours:.2f} h of run time in total, data building excluded. Means over seeds ± the half-width "
-             f"of the 95% t interval; one seed shows the mean alone.", "",
+             f"{hours:.2f} h of run time summed over runs, data building excluded. Means over seeds ± the half-width "
+             f"of the 95% t interval; one seed shows the mean alone. {wall_time_line(out)}", "",
+             "Each seed also draws its own synthetic world, so HR@10 differs more between seeds than between "
+             "methods. The first tables therefore show each run's change from its own seed's SFT policy "
+             "(paired), averaged over seeds.", "",
              "`best` is the checkpoint with the highest validation HR@10 (the SFT starting point competes), "
              "`final` the last one. The random gate admits each sample with the probability equal to AdaGRPO's "
              "mean admission rate in the same seed and cell, at AdaGRPO's lambda; the scaled GRPO control uses "
              "lambda x that rate. The validity-only control rewards a valid, unseen item with 1 and anything "
              "else with 0, so it learns nothing from the ranker.", ""]
+    for checkpoint in ("final", "best"):
+        for kind in corruption_kinds(summary):
+            lines += [f"### Test HR@10 change from SFT, corruption `{kind}`, {checkpoint} checkpoint", ""]
+            lines += rate_table(summary, kind, checkpoint, "test_hr@10_gain")
+        lines += [f"![HR@10 change from SFT vs corruption rate, {checkpoint}]"
+                  f"({image_prefix}hr10_gain_vs_rate_{checkpoint}.png)", ""]
+    lines += ["### Absolute values", ""]
     for checkpoint in ("best", "final"):
         for kind in corruption_kinds(summary):
             lines += [f"### Test HR@10, corruption `{kind}`, {checkpoint} checkpoint", ""]

@@ -5,6 +5,10 @@ per (kind, rate, method, nominal lambda, checkpoint) with the number of seeds, t
 of the 95% confidence interval of the test metrics. The interval is mean +- t(0.975, n - 1) * s / sqrt(n),
 with s the sample standard deviation over seeds, so it needs at least two seeds (NaN otherwise).
 
+Seeds also change the synthetic world, so HR@10 varies more between seeds than between methods. The
+`_gain` columns therefore compare each run with its own seed's SFT policy first (a paired difference),
+then average that over seeds.
+
 The derived method `grpo_valtuned` is a control for AdaGRPO: uniform GRPO at a validation-tuned lambda.
 Per seed, kind, rate and checkpoint it picks the uniform GRPO lambda with the highest validation HR@10
 (ties go to the smaller lambda), then aggregates the test metrics of the chosen runs.
@@ -18,6 +22,7 @@ from config import ConfigError
 
 CHECKPOINTS = ("best", "final")
 METRICS = ("test_hr@10", "test_ndcg@10", "test_hallucination", "valid_hr@10", "test_constrained_hr@10")
+GAINS = ("test_hr@10_gain", "test_ndcg@10_gain")     # change from the same seed's SFT policy (paired)
 RUN_MEANS = ("admission_rate", "oracle_precision", "oracle_recall", "oracle_trustworthy_rate",
              "oracle_corrupted_pairs_admitted", "oracle_corrupted_pairs_all")
 GROUP_KEYS = ("kind", "rate", "method", "lambda_nominal")
@@ -120,7 +125,17 @@ def long_rows(runs: list[dict]) -> list[dict]:
             for name in RUN_MEANS:
                 row[name] = to_float(run.get(name))
             rows.append(row)
+    add_gains(rows)
     return rows
+
+
+def add_gains(rows: list[dict]) -> None:
+    """Set each row's `<metric>_gain` = its metric minus the metric of its seed's SFT row (NaN without one)."""
+    sft = {row["seed"]: row for row in rows if row["method"] == "sft"}
+    for row in rows:
+        for gain in GAINS:
+            metric = gain[:-len("_gain")]
+            row[gain] = row[metric] - sft[row["seed"]][metric] if row["seed"] in sft else math.nan
 
 
 def validation_tuned(rows: list[dict]) -> list[dict]:
@@ -149,7 +164,7 @@ def summarize(runs: list[dict]) -> list[dict]:
         out = dict(zip(GROUP_KEYS + ("checkpoint",), key))
         out["n_seeds"] = len(members)
         out["lambda_mean"] = mean_ci95([m["lambda"] for m in members])[0]
-        for metric in METRICS:
+        for metric in METRICS + GAINS:
             out[f"{metric}_mean"], out[f"{metric}_ci95"] = mean_ci95([m[metric] for m in members])
         for name in RUN_MEANS:
             out[f"{name}_mean"] = mean_ci95([m[name] for m in members])[0]
@@ -171,7 +186,7 @@ def sort_key(row: dict) -> tuple:
 
 def summary_columns() -> list[str]:
     columns = list(GROUP_KEYS) + ["checkpoint", "n_seeds", "lambda_mean"]
-    for metric in METRICS:
+    for metric in METRICS + GAINS:
         columns += [f"{metric}_mean", f"{metric}_ci95"]
     return columns + [f"{name}_mean" for name in RUN_MEANS]
 

@@ -89,9 +89,9 @@ def test_summary_has_every_method(sweep_out):
     assert all(row["n_seeds"] == "1" for row in rows)
 
 
-@pytest.mark.parametrize("name", ["hr10_vs_rate_best.png", "hr10_vs_rate_final.png", "frontier_best.png",
-                                  "frontier_final.png", "gate_vs_rate.png", "heatmap_rate0.8.png",
-                                  "strata_rate0.8.csv", "benchmarks.md"])
+@pytest.mark.parametrize("name", ["hr10_vs_rate_best.png", "hr10_vs_rate_final.png", "hr10_gain_vs_rate_final.png",
+                                  "frontier_best.png", "frontier_final.png", "gate_vs_rate.png",
+                                  "heatmap_rate0.8.png", "strata_rate0.8.csv", "benchmarks.md"])
 def test_sweep_writes_output_file(sweep_out, name):
     path = sweep_out / name
     assert path.is_file()
@@ -105,6 +105,22 @@ def test_strata_counts_cover_all_test_users(sweep_out):
     cells = [r for r in rows if "all" not in (r["sft_rank"], r["ranker_rank"])]
     assert sum(int(r["count"]) for r in cells) == int(total["count"])
     assert int(total["count"]) == int(read_runs(sweep_out)[0]["test_users"])
+
+
+def test_page_reports_paired_gain_and_wall_time(sweep_out):
+    with open(sweep_out / "summary.csv", newline="", encoding="utf-8") as lines:
+        summary = list(csv.DictReader(lines))
+    runs = {row["run_id"]: row for row in read_runs(sweep_out)}
+    ada = [r for r in summary if r["method"] == "adagrpo" and r["checkpoint"] == "final" and r["rate"] == "0.8"][0]
+    expected = (float(runs["seed0/popularity/rate0.8/adagrpo_lam1"]["final_test_hr@10"])
+                - float(runs["seed0/sft"]["best_test_hr@10"]))
+    assert float(ada["test_hr@10_gain_mean"]) == pytest.approx(expected)
+    page = (sweep_out / "benchmarks.md").read_text()
+    assert f"{expected:+.4f}" in page
+    assert "Wall time" in page
+    with open(sweep_out / "invocations.csv", newline="", encoding="utf-8") as lines:
+        calls = list(csv.DictReader(lines))
+    assert float(calls[0]["wall_s"]) > 0
 
 
 def test_page_reports_summary_numbers(sweep_out):
