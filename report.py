@@ -80,6 +80,22 @@ def gate_table(summary: list[dict]) -> list[str]:
                            "oracle recall", "corrupted pairs, admitted", "corrupted pairs, all"], body)
 
 
+def gate_section(summary: list[dict], image_prefix: str) -> list[str]:
+    """Build the gate section: admission and oracle table, or admission rates alone where no oracle exists."""
+    lines = ["### AdaGRPO's gate against the oracle", "",
+             "Precision = share of admitted samples whose ground-truth score is not corrupted, to compare with "
+             "the trustworthy share of all samples; recall = admitted share of the trustworthy samples; "
+             "corrupted pairs = share of corrupted (user, item) scores among valid rollouts.", ""]
+    rows = [r for r in summary if r["method"] == "adagrpo" and r["checkpoint"] == "final"]
+    if rows and all(math.isnan(to_float(r["oracle_precision_mean"])) for r in rows):
+        lines = ["### AdaGRPO's admission rate", "", "No oracle exists for this data, so only the share of "
+                 "samples the gate admitted (mean over seeds and RL steps) is known.", ""]
+        body = [[r["kind"], r["rate"], r["lambda_nominal"], f"{to_float(r['admission_rate_mean']):.3f}"]
+                for r in sorted(rows, key=sort_key)]
+        return lines + markdown_table(["kind", "rate", "lambda", "admission"], body)
+    return lines + gate_table(summary) + [f"![gate vs rate]({image_prefix}gate_vs_rate.png)", ""]
+
+
 def strata_section(path: Path, image: str) -> list[str]:
     rows = read_csv(path)
     if not rows:
@@ -125,16 +141,21 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     seeds = sorted({r["seed"] for r in runs}, key=int)
     users = sorted({r["test_users"] for r in runs if r["test_users"]})
     devices = sorted({r["device"] for r in runs if r["device"]})
+    data = (spec.get("base") or {}).get("data") or {}
+    if data.get("source", "synthetic") == "synthetic":
+        where = "each seed also sets the synthetic world's seed"
+    else:
+        where = f"data: {Path(str(data.get('path', '?'))).name}, no oracle"
 
     lines = ["## Noise sweep", "",
              f"Command: `{spec.get('command', 'python benchmark.py --config noise_sweep.yaml')}`", "",
-             f"{len(runs)} runs (SFT and RL) over seeds {', '.join(seeds)} (each seed also sets the synthetic "
-             f"world's seed), {', '.join(users)} test users per seed, on {', '.join(devices) or 'unknown'}; "
+             f"{len(runs)} runs (SFT and RL) over seeds {', '.join(seeds)} ({where}), "
+             f"{', '.join(users)} test users per seed, on {', '.join(devices) or 'unknown'}; "
              f"{hours:.2f} h of run time summed over runs, data building excluded. Means over seeds ± the half-width "
              f"of the 95% t interval; one seed shows the mean alone. {wall_time_line(out)}", "",
-             "Each seed also draws its own synthetic world, so HR@10 differs more between seeds than between "
-             "methods. The first tables therefore show each run's change from its own seed's SFT policy "
-             "(paired), averaged over seeds.", "",
+             "On the synthetic world each seed also draws its own world, so HR@10 differs more between seeds "
+             "than between methods. The first tables therefore show each run's change from its own seed's SFT "
+             "policy (paired), averaged over seeds.", "",
              "`best` is the checkpoint with the highest validation HR@10 (the SFT starting point competes), "
              "`final` the last one. The random gate admits each sample with the probability equal to AdaGRPO's "
              "mean admission rate in the same seed and cell, at AdaGRPO's lambda; the scaled GRPO control uses "
@@ -161,11 +182,7 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     lines += ["### HR@10 vs hallucination", "",
               f"![frontier, best]({image_prefix}frontier_best.png)",
               f"![frontier, final]({image_prefix}frontier_final.png)", ""]
-    lines += ["### AdaGRPO's gate against the oracle", "",
-              "Precision = share of admitted samples whose ground-truth score is not corrupted, to compare with "
-              "the trustworthy share of all samples; recall = admitted share of the trustworthy samples; "
-              "corrupted pairs = share of corrupted (user, item) scores among valid rollouts.", ""]
-    lines += gate_table(summary) + [f"![gate vs rate]({image_prefix}gate_vs_rate.png)", ""]
+    lines += gate_section(summary, image_prefix)
     strata = sorted(out.glob("strata_rate*.csv"))
     if strata:
         lines += ["### Stratified analysis", "",
