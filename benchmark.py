@@ -230,13 +230,12 @@ def run_group(base: dict, out: Path, specs: list[RunSpec], admissions: dict, mat
 def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
     """Split runs into groups that one process runs in order.
 
-    The runs of one (seed, kind, rate) cell form one group, because its controls need its AdaGRPO run.
-    Each seed's validity runs form another.
+    A matched control runs in the group of the AdaGRPO run whose admission rate it copies, after it. Every
+    other run is a group of its own, so runs.csv and the progress bar advance run by run.
     """
     groups: dict = {}
     for spec in specs:
-        key = (spec.seed, spec.kind, spec.rate, spec.method if spec.method in ("sft", "validity") else "cell")
-        groups.setdefault(key, []).append(spec)
+        groups.setdefault(spec.match_run or spec.run_id, []).append(spec)
     return list(groups.values())
 
 
@@ -321,6 +320,18 @@ def run_strata(base: dict, sweep: Sweep, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """List the dotted keys whose values differ between two nested config mappings."""
+    keys = []
+    for name in sorted(set(old) | set(new), key=str):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{name}.")
+        elif a != b:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
 def check_output_folder(out: Path, base: dict, sweep: Sweep, command: str) -> None:
     """Reject an output folder whose runs used another base config, then record this sweep in sweep.yaml.
 
@@ -331,8 +342,10 @@ def check_output_folder(out: Path, base: dict, sweep: Sweep, command: str) -> No
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
         if previous.get("base") != base:
-            raise ConfigError(f"{out} contains a sweep with a different base config; pass another --out or "
-                              f"delete that folder")
+            keys = differing_keys(previous.get("base") or {}, base)
+            raise ConfigError(f"{out} contains a sweep with a different base config (differs in "
+                              f"{', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}); pass another --out "
+                              f"or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "base": base, "sweep": dataclasses.asdict(sweep)}
     saved.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
@@ -387,8 +400,10 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to resume; finished runs are listed in {out / 'runs.csv'}",
-              file=sys.stderr)
+        if out.is_dir():
+            record_invocation(out, started, args.workers, command + "  (interrupted)")
+        print(f"interrupted: rerun the same command to resume; a run that finished but is not yet in "
+              f"{out / 'runs.csv'} is read back from its folder, not trained again", file=sys.stderr)
         return 130
 
     write_summary(out)

@@ -1,6 +1,6 @@
 """Compare AdaGRPO gate settings on the noise sweep's world, choosing on validation HR@10.
 
-    python gate_ablation.py [--config noise_sweep.yaml] [--out runs/gate_ablation] [--workers 2] [--quick]
+    python gate_ablation.py [--config noise_sweep.yaml] [--out DIR] [--workers 2] [--quick]
                             [dotted.key=value ...]
 
 Each variant is one benchmark.py sweep in its own folder under --out, with the variant's gate keys set on
@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 import benchmark
+from config import ConfigError
 from summary import read_rows
+from sweep_plan import load_sweep_config
 
 # name -> gate keys set on top of the base config. `default` is the gate of config.py.
 VARIANTS = {
@@ -63,7 +65,13 @@ def write_outputs(out: Path, rows: list[dict]) -> str:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| variant | gate keys | cell | seeds | valid HR@10 | test HR@10 | admission | oracle precision |",
+    lines = ["# Gate ablation", "",
+             "AdaGRPO under each gate variant. Per cell: mean over seeds of the final checkpoint's validation and "
+             "test HR@10, and of the run's admission rate and oracle precision (share of admitted samples whose "
+             "reward is not corrupted). The chosen variant has the highest mean validation HR@10 over all cells.",
+             "",
+             "| variant | gate keys | cell | seeds | valid HR@10 (final) | test HR@10 (final) | admission | "
+             "oracle precision |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cell = "all cells" if r["kind"] == "all" else f"{r['kind']} {r['rate']}"
@@ -79,19 +87,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run AdaGRPO with several gate settings and compare them on "
                                                  "validation HR@10 (final checkpoint), averaged over seeds.")
     parser.add_argument("--config", default="noise_sweep.yaml", help="sweep YAML (default noise_sweep.yaml)")
-    parser.add_argument("--out", default="runs/gate_ablation", help="output folder, one subfolder per variant")
+    parser.add_argument("--out", help="output folder, one subfolder per variant (default: runs/gate_ablation, "
+                                     "or runs/gate_ablation_quick with --quick)")
     parser.add_argument("--workers", type=int, default=1, help="processes per sweep (about one per CPU core)")
     parser.add_argument("--quick", action="store_true", help="use the config's tiny `quick` settings")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
                         help="passed on to every sweep, e.g. sweep.seeds=[0,1] or rl.steps=30")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out or ("runs/gate_ablation_quick" if args.quick else "runs/gate_ablation"))
+    try:                                             # check every variant's config before any training
+        if args.workers < 1:
+            raise ConfigError(f"--workers {args.workers}: expected at least 1 process")
+        for keys in VARIANTS.values():
+            load_sweep_config(args.config, args.quick, SWEEP + args.overrides + keys)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
     for name, keys in VARIANTS.items():
         extra = ["--quick"] if args.quick else []
         code = benchmark.main(["--config", args.config, "--out", str(out / name), "--workers", str(args.workers)]
                               + extra + SWEEP + args.overrides + keys)
         if code != 0:
-            print(f"error: the sweep of gate variant {name!r} stopped with exit status {code}", file=sys.stderr)
+            print(f"error: gate variant {name!r} failed with exit status {code} (see above); its runs are in "
+                  f"{out / name}, and a rerun resumes", file=sys.stderr)
             return code
     chosen = write_outputs(out, table(out))
     logging.getLogger("gate_ablation").info("table in %s; highest mean validation HR@10: %s",

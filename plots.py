@@ -182,12 +182,13 @@ def plot_gate(rows: list[dict], out_dir: Path) -> Path:
                 colour, marker = style(method, lam, lambdas)
                 ax.plot([p["rate_value"] for p in points], [p[key] for p in points], color=colour, marker=marker,
                         label=label(method, lam))
-            base = {"oracle_precision_mean": ("oracle_trustworthy_rate_mean", "trustworthy share (all samples)"),
+            base = {"oracle_precision_mean": ("oracle_trustworthy_rate_mean", "trustworthy share (all samples)",
+                                              "--"),
                     "oracle_corrupted_pairs_admitted_mean": ("oracle_corrupted_pairs_all_mean",
-                                                             "corrupted pairs among all samples")}.get(key)
+                                                             "corrupted pairs among all samples", ":")}.get(key)
             if base and series:
                 points = sorted(next(iter(series.values())), key=lambda r: r["rate_value"])
-                ax.plot([p["rate_value"] for p in points], [p[base[0]] for p in points], color="black", ls="--",
+                ax.plot([p["rate_value"] for p in points], [p[base[0]] for p in points], color="black", ls=base[2],
                         label=base[1])
             ax.set_title(f"{title} ({kind})", fontsize=9)
             ax.set_ylim(-0.02, 1.02)

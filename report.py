@@ -80,6 +80,20 @@ def gate_table(summary: list[dict]) -> list[str]:
                            "oracle recall", "corrupted pairs, admitted", "corrupted pairs, all"], body)
 
 
+def paired_section(rows: list[dict]) -> list[str]:
+    """Table of run-by-run differences in test HR@10 between AdaGRPO and its controls (paired.csv)."""
+    if not rows:
+        return []
+    body = [[r["kind"], r["checkpoint"], r["method"], r["versus"], r["rates"], r["pairs"],
+             f"{to_float(r['test_hr@10_diff_mean']):+.4f} ± {to_float(r['test_hr@10_diff_ci95']):.4f}"]
+            for r in rows]
+    return ["### AdaGRPO against its controls, run by run", "",
+            "Test HR@10 of the first method minus the second in the same seed, corruption kind and rate, averaged "
+            "over every (seed, rate > 0) pair with a 95% t interval. Pairs of one seed share its SFT policy, so "
+            "the interval is a rough guide.", ""] + markdown_table(
+        ["kind", "checkpoint", "method", "versus", "rates", "pairs", "HR@10 difference"], body)
+
+
 def gate_section(summary: list[dict], image_prefix: str) -> list[str]:
     """Build the gate section: admission and oracle table, or admission rates alone where no oracle exists."""
     lines = ["### AdaGRPO's gate against the oracle", "",
@@ -117,6 +131,23 @@ def strata_section(path: Path, image: str) -> list[str]:
     return [f"![{path.stem}]({image})", ""] + markdown_table(header, body)
 
 
+def rate_of(path: Path) -> tuple:
+    """Sort key of strata_rate<r>.csv files: by the rate as a number, names that are no number last."""
+    try:
+        return (float(path.stem[len("strata_rate"):]), "")
+    except ValueError:
+        return (math.inf, path.stem)
+
+
+def commands_line(out: Path, spec: dict) -> str:
+    """Name the command(s) that wrote the folder: every distinct call in invocations.csv, else sweep.yaml's."""
+    commands = list(dict.fromkeys(c["command"] for c in read_csv(out / "invocations.csv")))
+    if not commands:
+        commands = [spec.get("command", "python benchmark.py --config noise_sweep.yaml")]
+    label = "Command" if len(commands) == 1 else "Commands, in order"
+    return f"{label}: " + "; ".join(f"`{c}`" for c in commands)
+
+
 def wall_time_line(out: Path) -> str:
     """Describe the sweep's measured wall time from invocations.csv (one row per benchmark.py call)."""
     calls = read_csv(out / "invocations.csv")
@@ -137,7 +168,8 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     summary = read_csv(out / "summary.csv")
     runs = read_csv(out / "runs.csv")
     spec = yaml.safe_load((out / "sweep.yaml").read_text(encoding="utf-8")) if (out / "sweep.yaml").is_file() else {}
-    hours = sum(to_float(r["wall_time_s"]) for r in runs if math.isfinite(to_float(r["wall_time_s"]))) / 3600
+    seconds = sum(to_float(r["wall_time_s"]) for r in runs if math.isfinite(to_float(r["wall_time_s"])))
+    run_time = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
     seeds = sorted({r["seed"] for r in runs}, key=int)
     users = sorted({r["test_users"] for r in runs if r["test_users"]})
     devices = sorted({r["device"] for r in runs if r["device"]})
@@ -148,10 +180,10 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
         where = f"data: {Path(str(data.get('path', '?'))).name}, no oracle"
 
     lines = ["## Noise sweep", "",
-             f"Command: `{spec.get('command', 'python benchmark.py --config noise_sweep.yaml')}`", "",
+             commands_line(out, spec), "",
              f"{len(runs)} runs (SFT and RL) over seeds {', '.join(seeds)} ({where}), "
              f"{', '.join(users)} test users per seed, on {', '.join(devices) or 'unknown'}; "
-             f"{hours:.2f} h of run time summed over runs, data building excluded. Means over seeds ± the half-width "
+             f"{run_time} of run time summed over runs, data building excluded. Means over seeds ± the half-width "
              f"of the 95% t interval; one seed shows the mean alone. {wall_time_line(out)}", "",
              "On the synthetic world each seed also draws its own world, so HR@10 differs more between seeds "
              "than between methods. The first tables therefore show each run's change from its own seed's SFT "
@@ -160,7 +192,9 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
              "`final` the last one. The random gate admits each sample with the probability equal to AdaGRPO's "
              "mean admission rate in the same seed and cell, at AdaGRPO's lambda; the scaled GRPO control uses "
              "lambda x that rate. The validity-only control rewards a valid, unseen item with 1 and anything "
-             "else with 0, so it learns nothing from the ranker.", ""]
+             "else with 0, so it learns nothing from the ranker. `GRPO, validation-tuned lambda` takes, per seed and "
+             "cell, the uniform GRPO run whose lambda has the highest validation HR@10, and reports its test "
+             "metrics.", ""]
     for checkpoint in ("final", "best"):
         for kind in corruption_kinds(summary):
             lines += [f"### Test HR@10 change from SFT, corruption `{kind}`, {checkpoint} checkpoint", ""]
@@ -178,12 +212,13 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
         lines += rate_table(summary, kind, "final", "test_hallucination")
         lines += [f"### Test NDCG@10, corruption `{kind}`, best checkpoint", ""]
         lines += rate_table(summary, kind, "best", "test_ndcg@10")
+    lines += paired_section(read_csv(out / "paired.csv"))
     lines += ["### SFT and the validity-only control", ""] + reference_table(summary)
     lines += ["### HR@10 vs hallucination", "",
               f"![frontier, best]({image_prefix}frontier_best.png)",
               f"![frontier, final]({image_prefix}frontier_final.png)", ""]
     lines += gate_section(summary, image_prefix)
-    strata = sorted(out.glob("strata_rate*.csv"))
+    strata = sorted(out.glob("strata_rate*.csv"), key=rate_of)
     if strata:
         lines += ["### Stratified analysis", "",
                   f"Seed {spec.get('sweep', {}).get('strata_seed', '?')}, "

@@ -191,8 +191,46 @@ def summary_columns() -> list[str]:
     return columns + [f"{name}_mean" for name in RUN_MEANS]
 
 
+# (method, lambda) pairs compared run by run: AdaGRPO against its two matched controls, and against uniform
+# GRPO at a similar effective strength (lambda x admission, with admission near 0.3).
+PAIRS = ((("adagrpo", "4"), ("random", "4")), (("adagrpo", "4"), ("grpo_scaled", "4")),
+         (("adagrpo", "4"), ("grpo", "1")), (("adagrpo", "12"), ("grpo", "4")))
+PAIRED_COLUMNS = ["kind", "checkpoint", "method", "versus", "pairs", "rates", "test_hr@10_diff_mean",
+                  "test_hr@10_diff_ci95"]
+
+
+def paired_differences(runs: list[dict], pairs=PAIRS) -> list[dict]:
+    """Compare two methods run by run: test HR@10 of A minus B in the same seed, kind and rate (rate > 0).
+
+    Per corruption kind and checkpoint, the differences of all (seed, rate) pairs are averaged with a 95% t
+    interval. Pairs of one seed share its SFT policy and world, so the interval is only a rough guide.
+    """
+    rows = long_rows(runs)
+    index = {(r["seed"], r["kind"], r["rate"], r["checkpoint"], r["method"], r["lambda_nominal"]): r
+             for r in rows}
+    out = []
+    for kind in sorted({r["kind"] for r in rows} - {"clean", "none"}):
+        for checkpoint in CHECKPOINTS:
+            for a, b in pairs:
+                diffs, rates = [], set()
+                for (seed, k, rate, c, method, lam), row in index.items():
+                    other = index.get((seed, k, rate, c) + b)
+                    if (k, c, method, lam) == (kind, checkpoint) + a and other is not None:
+                        diffs.append(row["test_hr@10"] - other["test_hr@10"])
+                        rates.add(rate)
+                if diffs:
+                    mean, ci = mean_ci95(diffs)
+                    out.append({"kind": kind, "checkpoint": checkpoint, "method": f"{a[0]} lambda={a[1]}",
+                                "versus": f"{b[0]} lambda={b[1]}", "pairs": len(diffs),
+                                "rates": " ".join(sorted(rates, key=float)), "test_hr@10_diff_mean": mean,
+                                "test_hr@10_diff_ci95": ci})
+    return out
+
+
 def write_summary(out_dir: Path) -> list[dict]:
-    """Read <out_dir>/runs.csv, write <out_dir>/summary.csv and return its rows."""
-    summary = summarize(read_csv(out_dir / "runs.csv"))
+    """Read <out_dir>/runs.csv, write <out_dir>/summary.csv and paired.csv, and return the summary rows."""
+    runs = read_csv(out_dir / "runs.csv")
+    summary = summarize(runs)
     write_csv(out_dir / "summary.csv", summary, summary_columns())
+    write_csv(out_dir / "paired.csv", paired_differences(runs), PAIRED_COLUMNS)
     return summary

@@ -12,12 +12,15 @@ and 0 for an invalid SID or an already-seen item, so it learns nothing from the 
 
 import copy
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from config import ConfigError, config_from_dict, parse_override
+
+log = logging.getLogger("sweep_plan")
 
 KINDS = ("popularity", "gaussian", "flip")
 CHECKPOINTS = ("best", "final")
@@ -187,6 +190,10 @@ def run_folder(seed: int, kind: str, rate: float, method: str, lam: float) -> st
 
 def plan_runs(sweep: Sweep) -> list[RunSpec]:
     """List every run of the sweep in execution order. An AdaGRPO run always precedes its matched controls."""
+    unused = [rate for rate in sweep.control_rates if rate not in sweep.rates]
+    if unused and (sweep.random_gate or sweep.scaled_grpo):
+        log.warning("sweep.control_rates %s: %s not in sweep.rates %s, so no control runs there",
+                    sweep.control_rates, ", ".join(fmt(r) for r in unused), sweep.rates)
     plan = []
     for seed in sweep.seeds:
         plan.append(RunSpec(f"seed{seed}/sft", seed, "none", None, "sft", None))

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmark  # noqa: E402
 from config import ConfigError  # noqa: E402
-from summary import mean_ci95, summarize, t_quantile_975  # noqa: E402
+from summary import mean_ci95, paired_differences, summarize, t_quantile_975  # noqa: E402
 from sweep_plan import make_sweep, plan_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,9 +205,9 @@ def test_validation_tuned_picks_best_valid_lambda():
 
 def test_full_sweep_plan_size():
     base, sweep = benchmark.load_sweep_config(SWEEP_YAML, quick=False, overrides=[])
-    # SFT; rate 0 once plus 2 kinds x 4 rates = 9 cells x (3 GRPO + 1 AdaGRPO); controls (2 runs) in the
-    # 5 cells at rates 0, 0.4 and 0.8; 1 validity run
-    per_seed = 1 + (1 + 2 * 4) * (3 + 1) + (1 + 2 * 2) * 2 + 1
+    # SFT; rate 0 once plus 2 kinds x 5 rates = 11 cells x (3 GRPO + 2 AdaGRPO); controls (2 runs) in the
+    # 7 cells at rates 0, 0.4, 0.8 and 1; 1 validity run
+    per_seed = 1 + (1 + 2 * 5) * (3 + 2) + (1 + 2 * 3) * 2 + 1
     assert len(plan_runs(sweep)) == 3 * per_seed
 
 
@@ -218,18 +218,30 @@ def test_controls_run_only_at_control_rates():
     assert {spec.rate for spec in plan if spec.method == "adagrpo"} == {0.0, 0.4, 0.8}
 
 
-def test_groups_keep_each_cell_together_and_in_order():
+def test_groups_keep_controls_after_their_adagrpo():
     plan = plan_runs(make_sweep({"seeds": [0, 1], "rates": [0.0, 0.4]}))
     groups = benchmark.group_runs(plan)
     assert sum(len(group) for group in groups) == len(plan)
     for group in groups:
-        assert len({(spec.seed, spec.kind, spec.rate) for spec in group}) == 1
         ids = [spec.run_id for spec in group]
-        for spec in group:
-            if spec.match_run is not None:
-                assert spec.match_run in ids
-                assert ids.index(spec.match_run) < ids.index(spec.run_id)
-    assert [len(g) for g in groups if g[0].method == "sft"] == [1, 1]
+        for spec in group[1:]:
+            assert spec.match_run == ids[0]                    # only controls share a group, after their run
+        assert len(group) == 1 or group[0].method == "adagrpo"
+    controls = [spec for spec in plan if spec.match_run is not None]
+    assert len(groups) == len(plan) - len(controls)
+
+
+def test_control_rate_outside_rates_is_reported(caplog):
+    plan_runs(make_sweep({"seeds": [0], "rates": [0.0, 0.8], "control_rates": [0.4, 0.8]}))
+    assert "0.4 not in sweep.rates" in caplog.text
+
+
+def test_other_base_config_names_the_key(tmp_path):
+    base, sweep = benchmark.load_sweep_config(SWEEP_YAML, quick=True, overrides=[])
+    benchmark.check_output_folder(tmp_path, base, sweep, "first")
+    changed, _ = benchmark.load_sweep_config(SWEEP_YAML, quick=True, overrides=["rl.steps=3", "sft.lr=0.1"])
+    with pytest.raises(ConfigError, match="differs in rl.steps, sft.lr"):
+        benchmark.check_output_folder(tmp_path, changed, sweep, "second")
 
 
 def test_two_workers_give_the_same_runs_as_one(sweep_out, tmp_path):
@@ -268,3 +280,20 @@ def test_match_lambda_must_be_an_adagrpo_lambda():
 def test_unknown_base_key_is_named():
     with pytest.raises(ConfigError, match="rl.stepz"):
         benchmark.load_sweep_config(SWEEP_YAML, quick=True, overrides=["rl.stepz=3"])
+
+
+def test_paired_differences_match_runs_of_one_seed():
+    def run(seed, kind, rate, method, lam, hr):
+        return {"run_id": f"{seed}{kind}{rate}{method}{lam}", "seed": str(seed), "kind": kind, "rate": rate,
+                "method": method, "lambda_nominal": lam, "lambda": lam, "final_test_hr@10": str(hr)}
+    runs = [run(0, "popularity", "0.8", "adagrpo", "4", 0.30), run(0, "popularity", "0.8", "random", "4", 0.25),
+            run(1, "popularity", "0.8", "adagrpo", "4", 0.50), run(1, "popularity", "0.8", "random", "4", 0.49),
+            run(1, "popularity", "0.4", "adagrpo", "4", 0.40),                      # no partner: left out
+            run(0, "clean", "0", "adagrpo", "4", 0.9), run(0, "clean", "0", "random", "4", 0.1)]   # rate 0: left out
+    rows = [r for r in paired_differences(runs, pairs=((("adagrpo", "4"), ("random", "4")),))
+            if r["checkpoint"] == "final"]
+    assert len(rows) == 1
+    assert rows[0]["kind"] == "popularity"
+    assert rows[0]["pairs"] == 2
+    assert rows[0]["rates"] == "0.8"
+    assert rows[0]["test_hr@10_diff_mean"] == pytest.approx((0.05 + 0.01) / 2)

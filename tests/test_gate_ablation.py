@@ -69,6 +69,16 @@ def test_quick_ablation_end_to_end(monkeypatch, tmp_path):
     assert "gate.policy=none" in (tmp_path / "gate_ablation.md").read_text()
 
 
-def test_failing_variant_stops_with_its_status(tmp_path, capsys):
+def test_bad_key_stops_before_any_run(tmp_path, capsys):
     assert gate_ablation.main(["--quick", "--out", str(tmp_path), "rl.stepz=3"]) == 2
-    assert "default" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rl.stepz" in err
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_variant_names_its_folder(tmp_path, capsys):
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "sweep.yaml").write_text("base: {seed: 5}\n")     # another sweep's folder
+    assert gate_ablation.main(["--quick", "--out", str(tmp_path)]) == 2
+    assert "gate variant 'default' failed" in capsys.readouterr().err
