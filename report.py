@@ -89,8 +89,9 @@ def paired_section(rows: list[dict]) -> list[str]:
             for r in rows]
     return ["### AdaGRPO against its controls, run by run", "",
             "Test HR@10 of the first method minus the second in the same seed, corruption kind and rate, averaged "
-            "over every (seed, rate > 0) pair with a 95% t interval. Pairs of one seed share its SFT policy, so "
-            "the interval is a rough guide.", ""] + markdown_table(
+            "over every (seed, rate > 0) pair with a 95% t interval. Each AdaGRPO lambda meets its matched "
+            "controls and the uniform GRPO lambda nearest to its effective strength (lambda x mean admission). "
+            "Pairs of one seed share its SFT policy, so the interval is a rough guide.", ""] + markdown_table(
         ["kind", "checkpoint", "method", "versus", "rates", "pairs", "HR@10 difference"], body)
 
 

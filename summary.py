@@ -191,21 +191,42 @@ def summary_columns() -> list[str]:
     return columns + [f"{name}_mean" for name in RUN_MEANS]
 
 
-# (method, lambda) pairs compared run by run: AdaGRPO against its two matched controls, and against uniform
-# GRPO at a similar effective strength (lambda x admission, with admission near 0.3).
-PAIRS = ((("adagrpo", "4"), ("random", "4")), (("adagrpo", "4"), ("grpo_scaled", "4")),
-         (("adagrpo", "4"), ("grpo", "1")), (("adagrpo", "12"), ("grpo", "4")))
 PAIRED_COLUMNS = ["kind", "checkpoint", "method", "versus", "pairs", "rates", "test_hr@10_diff_mean",
                   "test_hr@10_diff_ci95"]
 
 
-def paired_differences(runs: list[dict], pairs=PAIRS) -> list[dict]:
+def control_pairs(rows: list[dict]) -> list[tuple]:
+    """List the ((method, lambda), (method, lambda)) pairs to compare run by run.
+
+    Each AdaGRPO lambda is compared with its matched controls at that lambda, where they ran, and with the
+    uniform GRPO lambda nearest to its effective strength: lambda x its mean admission rate.
+    """
+    admissions: dict[str, list[float]] = {}
+    for row in rows:
+        if row["method"] == "adagrpo":
+            admissions.setdefault(row["lambda_nominal"], []).append(row["admission_rate"])
+    present = {(row["method"], row["lambda_nominal"]) for row in rows}
+    grpo = sorted({to_float(lam) for method, lam in present if method == "grpo"})
+    pairs = []
+    for lam in sorted(admissions, key=float):
+        pairs += [(("adagrpo", lam), (control, lam)) for control in ("random", "grpo_scaled")
+                  if (control, lam) in present]
+        effective = float(lam) * mean_ci95(admissions[lam])[0]
+        if grpo and math.isfinite(effective):
+            nearest = min(grpo, key=lambda value: abs(value - effective))
+            pairs.append((("adagrpo", lam), ("grpo", f"{nearest:g}")))
+    return pairs
+
+
+def paired_differences(runs: list[dict], pairs=None) -> list[dict]:
     """Compare two methods run by run: test HR@10 of A minus B in the same seed, kind and rate (rate > 0).
 
     Per corruption kind and checkpoint, the differences of all (seed, rate) pairs are averaged with a 95% t
     interval. Pairs of one seed share its SFT policy and world, so the interval is only a rough guide.
+    `pairs` defaults to control_pairs().
     """
     rows = long_rows(runs)
+    pairs = control_pairs(rows) if pairs is None else pairs
     index = {(r["seed"], r["kind"], r["rate"], r["checkpoint"], r["method"], r["lambda_nominal"]): r
              for r in rows}
     out = []

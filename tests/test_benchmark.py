@@ -123,6 +123,14 @@ def test_page_reports_paired_gain_and_wall_time(sweep_out):
     assert float(calls[0]["wall_s"]) > 0
 
 
+def test_quick_sweep_pairs_adagrpo_with_its_controls(sweep_out):
+    with open(sweep_out / "paired.csv", newline="", encoding="utf-8") as lines:
+        rows = [r for r in csv.DictReader(lines) if r["checkpoint"] == "final"]
+    versus = {r["versus"] for r in rows if r["method"] == "adagrpo lambda=1"}
+    assert versus == {"random lambda=1", "grpo_scaled lambda=1", "grpo lambda=1"}
+    assert all(r["rates"] == "0.8" for r in rows)
+
+
 def test_page_reports_summary_numbers(sweep_out):
     page = (sweep_out / "benchmarks.md").read_text()
     with open(sweep_out / "summary.csv", newline="", encoding="utf-8") as lines:
