@@ -96,18 +96,14 @@ def paired_section(rows: list[dict]) -> list[str]:
 
 
 def gate_section(summary: list[dict], image_prefix: str) -> list[str]:
-    """Build the gate section: admission and oracle table, or admission rates alone where no oracle exists."""
+    """Build the gate section: the admission and oracle table and its plot.
+
+    The corruption is injected by the reward model, so which rewards are corrupted is known on real data too.
+    """
     lines = ["### AdaGRPO's gate against the oracle", "",
              "Precision = share of admitted samples whose ground-truth score is not corrupted, to compare with "
              "the trustworthy share of all samples; recall = admitted share of the trustworthy samples; "
              "corrupted pairs = share of corrupted (user, item) scores among valid rollouts.", ""]
-    rows = [r for r in summary if r["method"] == "adagrpo" and r["checkpoint"] == "final"]
-    if rows and all(math.isnan(to_float(r["oracle_precision_mean"])) for r in rows):
-        lines = ["### AdaGRPO's admission rate", "", "No oracle exists for this data, so only the share of "
-                 "samples the gate admitted (mean over seeds and RL steps) is known.", ""]
-        body = [[r["kind"], r["rate"], r["lambda_nominal"], f"{to_float(r['admission_rate_mean']):.3f}"]
-                for r in sorted(rows, key=sort_key)]
-        return lines + markdown_table(["kind", "rate", "lambda", "admission"], body)
     return lines + gate_table(summary) + [f"![gate vs rate]({image_prefix}gate_vs_rate.png)", ""]
 
 
@@ -178,7 +174,7 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     if data.get("source", "synthetic") == "synthetic":
         where = "each seed also sets the synthetic world's seed"
     else:
-        where = f"data: {Path(str(data.get('path', '?'))).name}, no oracle"
+        where = f"data: {Path(str(data.get('path', '?'))).name}"
 
     lines = ["## Noise sweep", "",
              commands_line(out, spec), "",
