@@ -253,8 +253,8 @@ def _run_task(task: tuple) -> list[dict]:
 def run_sweep(base: dict, sweep: Sweep, out: Path, workers: int = 1) -> None:
     """Run every pending run of the sweep in `workers` processes, appending one runs.csv row per run.
 
-    First every seed with pending runs gets its SFT policy and ranker (one task per seed), then the cells
-    run as independent tasks. The parent process alone writes runs.csv.
+    First every seed with pending runs gets its SFT policy and ranker (one task per seed), then the runs
+    follow as independent tasks (group_runs). The parent process alone writes runs.csv.
     """
     runs_csv = out / "runs.csv"
     done = read_rows(runs_csv)
