@@ -280,8 +280,6 @@ def run_sweep(base: dict, sweep: Sweep, out: Path, workers: int = 1) -> None:
                             append_row(runs_csv, row)
                             done[row["run_id"]] = row
                             bar.update()
-                        if row.get("admission_rate") not in (None, ""):
-                            admissions[row["run_id"]] = float(row["admission_rate"])
     finally:
         if pool:
             pool.terminate()

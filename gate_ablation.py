@@ -20,7 +20,7 @@ from pathlib import Path
 
 import benchmark
 from config import ConfigError
-from summary import read_rows
+from summary import mean_ci95, read_rows, to_float
 from sweep_plan import load_sweep_config
 
 # name -> gate keys set on top of the base config. `default` is the gate of config.py.
@@ -36,11 +36,6 @@ COLUMNS = ["variant", "kind", "rate", "seeds", "final_valid_hr@10", "final_test_
            "oracle_precision"]
 
 
-def mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
 def table(out: Path) -> list[dict]:
     """Average the AdaGRPO runs over seeds: one row per (variant, kind, rate), plus one `all` row per variant."""
     rows = []
@@ -52,7 +47,7 @@ def table(out: Path) -> list[dict]:
             row = {"variant": name, "kind": kind, "rate": "" if kind == "all" else f"{rate:g}",
                    "seeds": len({r["seed"] for r in chosen})}
             for key in COLUMNS[4:]:
-                row[key] = mean([float(r[key]) if r[key] != "" else math.nan for r in chosen])
+                row[key] = mean_ci95([to_float(r[key]) for r in chosen])[0]
             rows.append(row)
     return rows
 

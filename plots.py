@@ -126,8 +126,8 @@ def plot_hr_vs_rate(rows: list[dict], out_dir: Path, checkpoint: str, metric: st
         ax.set_xlabel("corruption rate")
         ax.grid(alpha=0.3)
     gain = metric.endswith("_gain")
-    what = "test HR@10 minus the seed's SFT HR@10" if gain else "test HR@10"
-    axes[0][0].set_ylabel(f"{what} ({checkpoint} checkpoint),\nmean and 95% CI over seeds")
+    quantity = "test HR@10 minus the seed's SFT HR@10" if gain else "test HR@10"
+    axes[0][0].set_ylabel(f"{quantity} ({checkpoint} checkpoint),\nmean and 95% CI over seeds")
     legend_right(fig, axes[0])
     return save(fig, out_dir / f"hr10_{'gain_' if gain else ''}vs_rate_{checkpoint}.png")
 

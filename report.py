@@ -81,7 +81,7 @@ def gate_table(summary: list[dict]) -> list[str]:
 
 
 def paired_section(rows: list[dict]) -> list[str]:
-    """Table of run-by-run differences in test HR@10 between AdaGRPO and its controls (paired.csv)."""
+    """Build the table of run-by-run test HR@10 differences between AdaGRPO and its controls (paired.csv)."""
     if not rows:
         return []
     body = [[r["kind"], r["checkpoint"], r["method"], r["versus"], r["rates"], r["pairs"],
@@ -136,18 +136,17 @@ def rate_of(path: Path) -> tuple:
         return (math.inf, path.stem)
 
 
-def commands_line(out: Path, spec: dict) -> str:
+def commands_line(calls: list[dict], spec: dict) -> str:
     """Name the command(s) that wrote the folder: every distinct call in invocations.csv, else sweep.yaml's."""
-    commands = list(dict.fromkeys(c["command"] for c in read_csv(out / "invocations.csv")))
+    commands = list(dict.fromkeys(c["command"] for c in calls))
     if not commands:
         commands = [spec.get("command", "python benchmark.py --config noise_sweep.yaml")]
     label = "Command" if len(commands) == 1 else "Commands, in order"
     return f"{label}: " + "; ".join(f"`{c}`" for c in commands)
 
 
-def wall_time_line(out: Path) -> str:
+def wall_time_line(calls: list[dict]) -> str:
     """Describe the sweep's measured wall time from invocations.csv (one row per benchmark.py call)."""
-    calls = read_csv(out / "invocations.csv")
     if not calls:
         return ""
     minutes = sum(to_float(c["wall_s"]) for c in calls) / 60
@@ -164,6 +163,7 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
     out = Path(out_dir)
     summary = read_csv(out / "summary.csv")
     runs = read_csv(out / "runs.csv")
+    calls = read_csv(out / "invocations.csv")
     spec = yaml.safe_load((out / "sweep.yaml").read_text(encoding="utf-8")) if (out / "sweep.yaml").is_file() else {}
     seconds = sum(to_float(r["wall_time_s"]) for r in runs if math.isfinite(to_float(r["wall_time_s"])))
     run_time = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
@@ -177,11 +177,11 @@ def make_benchmarks_page(out_dir, image_prefix: str = "") -> Path:
         where = f"data: {Path(str(data.get('path', '?'))).name}"
 
     lines = ["## Noise sweep", "",
-             commands_line(out, spec), "",
+             commands_line(calls, spec), "",
              f"{len(runs)} runs (SFT and RL) over seeds {', '.join(seeds)} ({where}), "
              f"{', '.join(users)} test users per seed, on {', '.join(devices) or 'unknown'}; "
              f"{run_time} of run time summed over runs, data building excluded. Means over seeds ± the half-width "
-             f"of the 95% t interval; one seed shows the mean alone. {wall_time_line(out)}", "",
+             f"of the 95% t interval; one seed shows the mean alone. {wall_time_line(calls)}", "",
              "On the synthetic world each seed also draws its own world, so HR@10 differs more between seeds "
              "than between methods. The first tables therefore show each run's change from its own seed's SFT "
              "policy (paired), averaged over seeds.", "",

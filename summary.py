@@ -234,11 +234,13 @@ def paired_differences(runs: list[dict], pairs=None) -> list[dict]:
         for checkpoint in CHECKPOINTS:
             for a, b in pairs:
                 diffs, rates = [], set()
-                for (seed, k, rate, c, method, lam), row in index.items():
-                    other = index.get((seed, k, rate, c) + b)
-                    if (k, c, method, lam) == (kind, checkpoint) + a and other is not None:
+                for row in rows:
+                    if (row["kind"], row["checkpoint"], row["method"], row["lambda_nominal"]) != (kind, checkpoint) + a:
+                        continue
+                    other = index.get((row["seed"], kind, row["rate"], checkpoint) + b)
+                    if other is not None:
                         diffs.append(row["test_hr@10"] - other["test_hr@10"])
-                        rates.add(rate)
+                        rates.add(row["rate"])
                 if diffs:
                     mean, ci = mean_ci95(diffs)
                     out.append({"kind": kind, "checkpoint": checkpoint, "method": f"{a[0]} lambda={a[1]}",
